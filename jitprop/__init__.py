@@ -1,0 +1,27 @@
+"""jitprop: Numba-compiled backpropagation kernels for fast CPU training.
+
+Layers (:class:`Dense`, :class:`ReLU`, :class:`Sigmoid`, :class:`Tanh`,
+:class:`LSTM`), a :class:`Sequential` model, losses (:class:`MSELoss`,
+:class:`SoftmaxCrossEntropy`), :class:`SGD` and a :class:`Trainer`; the
+compiled kernels alone are in :mod:`jitprop.kernels`.
+"""
+
+from ._threads import get_num_threads, set_num_threads, threading_layer
+from .gradcheck import gradcheck, numerical_gradient, relative_error
+from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
+from .losses import Loss, MSELoss, SoftmaxCrossEntropy
+from .model import Sequential
+from .optim import SGD
+from .trainer import Progress, Trainer
+from . import kernels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation", "Dense", "Layer", "ReLU", "Sigmoid", "Tanh",
+    "Loss", "MSELoss", "SoftmaxCrossEntropy",
+    "Sequential", "SGD", "Trainer", "Progress",
+    "gradcheck", "numerical_gradient", "relative_error",
+    "set_num_threads", "get_num_threads", "threading_layer",
+    "kernels",
+]

@@ -1,0 +1,110 @@
+"""Argument checks shared by the public Python entry points.
+
+Compiled kernels do not check bounds, so every array that crosses from Python
+into a kernel is checked here first: type, dtype, contiguity and shape.  The
+messages name the argument, what was expected and what was given.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_dtype(dtype):
+    """Return ``dtype`` as a NumPy dtype, raising unless float32/float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_array(name, a, *, dtype=None, ndim=None, shape=None, writable=False):
+    """Check one float array argument of a kernel.
+
+    Parameters
+    ----------
+    name : str
+        Argument name used in error messages.
+    a : object
+        The argument.
+    dtype : numpy dtype, optional
+        Required dtype; if None, float32 or float64 is required.
+    ndim : int, optional
+        Required number of dimensions.
+    shape : tuple, optional
+        Required shape.
+    writable : bool
+        Whether the kernel writes into ``a``.
+
+    Returns
+    -------
+    ndarray
+        ``a`` itself (never a copy).
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if dtype is None:
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    elif a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)} (like the other arrays), got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} is written by the kernel but is read-only")
+    return a
+
+
+def check_labels(name, labels, n, n_classes=None):
+    """Check integer class labels of shape (n,) and, optionally, their range."""
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(labels).__name__}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype (class indices), got {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
+    if not labels.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if n_classes is not None and n:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"{name} must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
+    return labels
+
+
+def no_overlap(**arrays):
+    """Raise if two of the named output/input arrays share memory."""
+    items = list(arrays.items())
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            (na, a), (nb, b) = items[i], items[j]
+            if np.shares_memory(a, b):
+                raise ValueError(f"{na} and {nb} must not overlap in memory")
+
+
+def check_int(name, value, minimum=None):
+    """Check an integer argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(name, value, minimum=None, finite=True):
+    """Check a real scalar argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if finite and not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value

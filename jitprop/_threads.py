@@ -1,0 +1,47 @@
+"""Thread control for Numba's parallel kernels and the BLAS they call."""
+
+import numba
+
+__all__ = ["set_num_threads", "get_num_threads", "threading_layer"]
+
+
+def _blas_limit(n):
+    """Limit BLAS threads (SciPy's and NumPy's OpenBLAS) to ``n`` if
+    threadpoolctl is installed; returns True when it was applied."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return False
+    threadpool_limits(limits=n, user_api="blas")
+    return True
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in the compiled kernels and in BLAS.
+
+    Sets Numba's thread count (``numba.set_num_threads``, at most
+    ``numba.config.NUMBA_NUM_THREADS``) and, when threadpoolctl is
+    installed, the BLAS thread count too.  BLAS is never called from inside a
+    parallel loop, so the two pools take turns and never multiply.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n}")
+    if n > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"at most {numba.config.NUMBA_NUM_THREADS} threads are available "
+                         f"(NUMBA_NUM_THREADS), got {n}")
+    numba.set_num_threads(n)
+    _blas_limit(n)
+
+
+def get_num_threads():
+    """Numba's current thread count."""
+    return numba.get_num_threads()
+
+
+def threading_layer():
+    """Name of Numba's threading layer (after the first parallel call)."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None

@@ -1,0 +1,577 @@
+"""Side-by-side training-throughput benchmark: ``python -m jitprop.bench``.
+
+Usage::
+
+    python -m jitprop.bench [--workloads a,b,...] [--threads 1,2] [--vs torch,jax]
+                            [--seconds S] [--quick] [--json PATH_OR_-] [--no-pin]
+
+Every (workload, framework, thread count) measurement runs in its own
+subprocess whose environment is fixed before anything is imported:
+OMP/OPENBLAS/MKL/NUMBA thread variables and XLA_FLAGS are set to the thread
+count, and the process is pinned (``sched_setaffinity``) to that many CPUs.
+The pinning is what makes the count real for JAX: its CPU client sizes its
+thread pool from the CPUs it may run on and (in recent jaxlib) ignores the
+XLA_FLAGS thread options. Each worker prints one JSON line that the parent
+collects; the measured process CPU-time / wall-time ratio is reported as a
+check that the thread count held.
+
+Timing: the first step (which includes JIT compilation) is timed alone and
+reported as ``first_step_s``; then warm-up steps in doubling chunks estimate the
+step time; then a fixed number of steps lasting about ``--seconds`` is timed
+with ``time.perf_counter`` (synchronising at the end of the region), repeated
+3 times, and the BEST repeat gives ``samples_per_s = batch * steps / time``
+(the median is reported too).
+
+The data is synthetic, generated once per workload from a fixed seed (a few
+batches, cycled) by the same code in every worker, so all frameworks train on
+identical arrays.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# --------------------------------------------------------------------------- #
+# Workloads
+# --------------------------------------------------------------------------- #
+WORKLOADS = {
+    "mlp-tiny": dict(kind="mlp", sizes=[1, 1, 1, 1], act="sigmoid", final_act=True,
+                     loss="mse", batch=1, n_batches=64),
+    "mlp-small": dict(kind="mlp", sizes=[784, 128, 10], act="relu", final_act=False,
+                      loss="xent", batch=64, n_batches=32),
+    "mlp-mid": dict(kind="mlp", sizes=[784, 512, 512, 10], act="relu", final_act=False,
+                    loss="xent", batch=128, n_batches=16),
+    "mlp-wide": dict(kind="mlp", sizes=[1024, 2048, 2048, 10], act="relu", final_act=False,
+                     loss="xent", batch=512, n_batches=16),
+    "lstm-small": dict(kind="lstm", n_in=16, hidden=64, T=50, n_out=16,
+                       loss="mse", batch=16, n_batches=16),
+    "lstm-mid": dict(kind="lstm", n_in=64, hidden=256, T=50, n_out=64,
+                     loss="mse", batch=64, n_batches=16),
+}
+for _name, _spec in WORKLOADS.items():
+    _spec["name"] = _name
+    _spec["lr"] = 0.01
+
+FRAMEWORKS = ("jitprop", "torch", "jax")
+GFLOPS_WORKLOADS = ("mlp-wide",)   # workloads whose training-step GFLOP/s is printed
+DATA_SEED = 20240611
+GEMM_N = 2048
+_MARK = "@@JITPROP_BENCH@@ "
+
+
+def make_data(spec):
+    """Synthetic float32 data for one workload: {"X": [n_batches arrays], "Y": [...]}.
+
+    Deterministic (fixed seed), so every framework's worker builds identical
+    arrays. Each batch is C-contiguous; labels are int64 in [0, 10).
+    """
+    rng = np.random.default_rng(DATA_SEED)
+    nb, b = spec["n_batches"], spec["batch"]
+    if spec["kind"] == "mlp":
+        n_in, n_out = spec["sizes"][0], spec["sizes"][-1]
+        X = rng.standard_normal((nb, b, n_in), dtype=np.float32)
+        if spec["loss"] == "xent":
+            Y = rng.integers(0, n_out, size=(nb, b), dtype=np.int64)
+        else:
+            Y = rng.random((nb, b, n_out), dtype=np.float32)
+    else:
+        X = rng.standard_normal((nb, b, spec["T"], spec["n_in"]), dtype=np.float32)
+        Y = (0.5 * rng.standard_normal((nb, b, spec["T"], spec["n_out"]),
+                                       dtype=np.float32)).astype(np.float32)
+    return {"X": [np.ascontiguousarray(X[k]) for k in range(nb)],
+            "Y": [np.ascontiguousarray(Y[k]) for k in range(nb)]}
+
+
+def train_step_flops(spec):
+    """Matmul FLOPs of one MLP training step (None for non-MLP workloads).
+
+    2*m*n*k per matmul: forward x@W, backward dW and dx for every Dense except
+    dx of the first layer (3 matmuls per layer, 2 for the first).
+    """
+    if spec["kind"] != "mlp":
+        return None
+    b, sizes = spec["batch"], spec["sizes"]
+    total = 0
+    for j in range(len(sizes) - 1):
+        per = 2 * b * sizes[j] * sizes[j + 1]
+        total += per * (2 if j == 0 else 3)
+    return total
+
+
+# --------------------------------------------------------------------------- #
+# jitprop runner (kept in one place so a faster fused path can be swapped in)
+# --------------------------------------------------------------------------- #
+def make_jitprop_step(spec, data, threads):
+    """Build the jitprop model/trainer for ``spec`` through the public API.
+
+    Returns ``(step, sync)`` like the peers in ``_bench_peers``.
+    """
+    import jitprop as jp
+
+    jp.set_num_threads(threads)
+    f32 = np.float32
+    if spec["kind"] == "mlp":
+        act_cls = {"relu": jp.ReLU, "sigmoid": jp.Sigmoid, "tanh": jp.Tanh}[spec["act"]]
+        sizes = spec["sizes"]
+        layers = []
+        for j in range(len(sizes) - 1):
+            layers.append(jp.Dense(sizes[j], sizes[j + 1], dtype=f32, seed=j))
+            if j < len(sizes) - 2 or spec["final_act"]:
+                layers.append(act_cls())
+    elif spec["kind"] == "lstm":
+        layers = [jp.LSTM(spec["n_in"], spec["hidden"], return_sequences=True, dtype=f32, seed=0),
+                  jp.Dense(spec["hidden"], spec["n_out"], dtype=f32, seed=1)]
+    else:
+        raise ValueError("unknown workload kind %r" % spec["kind"])
+    model = jp.Sequential(layers)
+    loss = jp.MSELoss() if spec["loss"] == "mse" else jp.SoftmaxCrossEntropy()
+    opt = jp.SGD(model, lr=spec["lr"])
+    trainer = jp.Trainer(model, loss, opt)
+    train_step = trainer.train_step
+    xs, ys = data["X"], data["Y"]
+    n = len(xs)
+
+    def step(i):
+        k = i % n
+        return train_step(xs[k], ys[k])
+
+    def sync():
+        pass
+
+    return step, sync
+
+
+def _make_step(framework, spec, data, threads):
+    if framework == "jitprop":
+        return make_jitprop_step(spec, data, threads)
+    from . import _bench_peers
+    return _bench_peers.MAKERS[framework](spec, data, threads)
+
+
+# --------------------------------------------------------------------------- #
+# Timing (runs inside a worker)
+# --------------------------------------------------------------------------- #
+def time_steps(step, sync, seconds, repeats=3):
+    """Time a training loop; see the module docstring for the protocol."""
+    t0 = time.perf_counter()
+    last = step(0)
+    sync()
+    first = time.perf_counter() - t0
+
+    # warm-up in doubling chunks (sync per chunk, so async runtimes are honest)
+    i, chunk = 1, 1
+    warm_target = max(0.05, 0.25 * seconds)
+    warm_time, warm_steps = 0.0, 0
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(chunk):
+            last = step(i)
+            i += 1
+        sync()
+        dt = time.perf_counter() - t0
+        warm_time += dt
+        warm_steps += chunk
+        if warm_time >= warm_target and warm_steps >= 3:
+            break
+        chunk *= 2
+    per_step = max(dt / chunk, 1e-9)
+    n_steps = max(1, int(math.ceil(seconds / per_step)))
+
+    times = []
+    cpu0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n_steps):
+            last = step(i)
+            i += 1
+        sync()
+        times.append(time.perf_counter() - t0)
+    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - w0)
+    try:
+        final_loss = float(last)
+    except Exception:
+        final_loss = None
+    return {"first_step_s": first, "steps": n_steps, "times_s": times,
+            "best_s": min(times), "median_s": statistics.median(times),
+            "cpu_per_wall": cpu_per_wall, "final_loss": final_loss,
+            "warmup_steps": warm_steps}
+
+
+def _numpy_gemm(repeats):
+    a = np.random.default_rng(1).standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
+    b = np.random.default_rng(2).standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
+    c = np.dot(a, b)  # warm-up
+    times = []
+    cpu0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.dot(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - w0)
+    flops = 2.0 * GEMM_N ** 3
+    return {"gflops": flops / min(times) / 1e9, "best_s": min(times),
+            "cpu_per_wall": cpu_per_wall}
+
+
+def _blas_info():
+    try:
+        import threadpoolctl
+        import scipy.linalg  # noqa: F401  (load scipy's BLAS too, to report it)
+    except Exception as e:  # pragma: no cover - depends on the environment
+        return "threadpoolctl/scipy unavailable: %s" % e
+    out = []
+    for d in threadpoolctl.threadpool_info():
+        path = d.get("filepath", "")
+        owner = "scipy" if "scipy.libs" in path else "numpy" if "numpy.libs" in path else ""
+        out.append({"owner": owner, "user_api": d.get("user_api"),
+                    "internal_api": d.get("internal_api"), "version": d.get("version"),
+                    "architecture": d.get("architecture"), "num_threads": d.get("num_threads"),
+                    "threading_layer": d.get("threading_layer"), "filepath": path})
+    return out
+
+
+def _worker_main(payload):
+    """Entry point of a measurement subprocess: run one job, print one JSON line."""
+    job = payload["job"]
+    res = {"job": job, "ok": True}
+    try:
+        res["affinity"] = sorted(os.sched_getaffinity(0))
+        if job == "gemm":
+            res.update(_numpy_gemm(payload["gemm_repeats"]))
+            res["blas"] = _blas_info()
+        else:
+            spec = WORKLOADS[payload["workload"]]
+            data = make_data(spec)
+            t0 = time.perf_counter()
+            step, sync = _make_step(job, spec, data, payload["threads"])
+            res["setup_s"] = time.perf_counter() - t0
+            res.update(time_steps(step, sync, payload["seconds"], payload["repeats"]))
+    except BaseException as e:  # report, never hang the parent
+        import traceback
+        res["ok"] = False
+        res["error"] = "%s: %s" % (type(e).__name__, e)
+        res["traceback"] = traceback.format_exc()[-3000:]
+    sys.stdout.write(_MARK + json.dumps(res) + "\n")
+    sys.stdout.flush()
+
+
+_BOOT = ("import json, os, sys\n"
+         "p = json.loads(sys.argv[1])\n"
+         "if p.get('cpus'): os.sched_setaffinity(0, p['cpus'])\n"
+         "from jitprop.bench import _worker_main\n"
+         "_worker_main(p)\n")
+
+
+# --------------------------------------------------------------------------- #
+# Parent side
+# --------------------------------------------------------------------------- #
+def _worker_env(threads):
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = str(threads)
+    xla = env.get("XLA_FLAGS", "")
+    if threads == 1:
+        xla = (xla + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    if xla:
+        env["XLA_FLAGS"] = xla
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _cpus_for(threads, pin):
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None
+    avail = sorted(os.sched_getaffinity(0))
+    return avail[:threads] if threads <= len(avail) else avail
+
+
+def run_worker(payload, threads, pin, timeout):
+    payload = dict(payload, threads=threads, cpus=_cpus_for(threads, pin))
+    try:
+        proc = subprocess.run([sys.executable, "-c", _BOOT, json.dumps(payload)],
+                              env=_worker_env(threads), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "timed out after %.0f s" % timeout}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_MARK):
+            return json.loads(line[len(_MARK):])
+    return {"ok": False, "error": "worker exited with code %s without a result; stderr tail: %s"
+            % (proc.returncode, proc.stderr[-1500:])}
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(mod):
+    try:
+        from importlib import metadata
+        return metadata.version(mod)
+    except Exception:
+        return None
+
+
+def _peer_available(name):
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:
+        return False
+
+
+def collect_metadata(args, peers, missing):
+    from . import _bench_peers
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": _version("numba"),
+        "jitprop": _version("jitprop"),
+        "torch": _bench_peers.framework_version("torch"),
+        "jax": _bench_peers.framework_version("jax"),
+        "peers_compared": list(peers),
+        "peers_missing": list(missing),
+        "seconds_per_repeat": args.seconds,
+        "repeats": args.repeats,
+        "statistic": "best of %d repeats (median also given)" % args.repeats,
+        "pinned_to_cpus": not args.no_pin,
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                "XLA_FLAGS") if os.environ.get(k)},
+        "blas": _blas_info(),
+        "dtype": "float32",
+        "optimizer": "plain SGD, lr=0.01",
+    }
+
+
+def _fmt_rate(x):
+    if x is None:
+        return "-"
+    if x >= 1e6:
+        return "%.2fM" % (x / 1e6)
+    if x >= 1e3:
+        return "%.1fk" % (x / 1e3)
+    return "%.0f" % x
+
+
+def format_table(results, frameworks, gemm):
+    rows = [r for r in results if r["framework"] in FRAMEWORKS]
+    keys = []
+    for r in rows:
+        k = (r["workload"], r["threads"])
+        if k not in keys:
+            keys.append(k)
+    by = {(r["workload"], r["threads"], r["framework"]): r for r in rows}
+    head = ["workload", "thr"] + ["%s/s" % f for f in frameworks]
+    if len(frameworks) > 1:
+        head.append("jitprop/best")
+    head.append("first step s (%s)" % "/".join(frameworks))
+    head.append("cpu/wall")
+    lines = []
+    for wl, th in keys:
+        cells = [wl, str(th)]
+        for f in frameworks:
+            r = by.get((wl, th, f))
+            if r is None or r.get("samples_per_s") is None:
+                cells.append("n/a" if r is None else "ERR")
+            else:
+                cells.append(_fmt_rate(r["samples_per_s"]))
+        if len(frameworks) > 1:
+            j = by.get((wl, th, "jitprop"), {})
+            if j.get("ratio_vs_best_peer") is not None:
+                cells.append("%.2fx (%s)" % (j["ratio_vs_best_peer"], j["best_peer"]))
+            else:
+                cells.append("-")
+        fs, cw = [], []
+        for f in frameworks:
+            r = by.get((wl, th, f)) or {}
+            fs.append("%.3g" % r["first_step_s"] if r.get("first_step_s") is not None else "-")
+            cw.append("%.1f" % r["cpu_per_wall"] if r.get("cpu_per_wall") is not None else "-")
+        cells.append("/".join(fs))
+        cells.append("/".join(cw))
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    for cells in lines:
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
+    out.append("(samples/s = batch*steps/time, best of repeats; an LSTM sample is one sequence)")
+
+    gf_rows = [r for r in rows if r.get("gflops") is not None and r["workload"] in GFLOPS_WORKLOADS]
+    if gf_rows or gemm:
+        out.append("")
+        for th in sorted({r["threads"] for r in gf_rows} | set(gemm)):
+            g = gemm.get(th)
+            line = "GFLOP/s at %d thread%s:" % (th, "" if th == 1 else "s")
+            parts = []
+            for r in gf_rows:
+                if r["threads"] != th:
+                    continue
+                s = "%s %s %.1f" % (r["workload"], r["framework"], r["gflops"])
+                if r.get("fraction_of_sgemm") is not None:
+                    s += " (%.0f%% of sgemm)" % (100 * r["fraction_of_sgemm"])
+                parts.append(s)
+            if g is not None:
+                parts.append("numpy sgemm %dx%d %.1f" % (GEMM_N, GEMM_N, g))
+            out.append(line + " " + "; ".join(parts))
+    return "\n".join(out)
+
+
+def _parse_list(s, allowed=None, what="item"):
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    if allowed is not None:
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise SystemExit("unknown %s %s; choose from %s" % (what, ", ".join(bad),
+                                                                ", ".join(allowed)))
+    return items
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m jitprop.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help="comma-separated subset of: %s" % ", ".join(WORKLOADS))
+    p.add_argument("--threads", default=None,
+                   help="comma-separated thread counts (default: 1 and all available CPUs)")
+    p.add_argument("--vs", default="", help="peers to compare against: torch,jax")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="timed seconds per repeat (default 2, --quick 0.3)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    p.add_argument("--quick", action="store_true", help="short timings (0.3 s per repeat)")
+    p.add_argument("--json", default=None, metavar="PATH_OR_-",
+                   help="write machine-readable results to PATH ('-' = stdout; the table then "
+                        "goes to stderr)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin each worker to as many CPUs as it has threads")
+    p.add_argument("--timeout", type=float, default=900.0, help="per-worker timeout in seconds")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 0.3 if args.quick else 2.0
+    workloads = _parse_list(args.workloads, WORKLOADS, "workload")
+    if args.threads:
+        threads = [int(t) for t in _parse_list(args.threads)]
+    else:
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = sorted({1, ncpu or 1})
+    if any(t < 1 for t in threads):
+        raise SystemExit("thread counts must be >= 1")
+    requested = _parse_list(args.vs, ("torch", "jax"), "peer") if args.vs else []
+    peers = [f for f in requested if _peer_available(f)]
+    missing = [f for f in requested if f not in peers]
+    frameworks = ["jitprop"] + peers
+
+    report = sys.stderr if args.json == "-" else sys.stdout
+
+    def say(msg):
+        print(msg, file=report, flush=True)
+
+    for f in missing:
+        say("note: %s is not importable; reporting without it" % f)
+
+    gemm_repeats = 3 if args.quick else 5
+    need_gemm = any(w in GFLOPS_WORKLOADS for w in workloads)
+    results, gemm = [], {}
+    for wl in workloads:
+        spec = WORKLOADS[wl]
+        flops = train_step_flops(spec)
+        for th in threads:
+            if need_gemm and wl in GFLOPS_WORKLOADS and th not in gemm:
+                g = run_worker({"job": "gemm", "gemm_repeats": gemm_repeats}, th,
+                               not args.no_pin, args.timeout)
+                if g.get("ok"):
+                    gemm[th] = g["gflops"]
+                    results.append({"workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm",
+                                    "threads": th, "gflops": g["gflops"],
+                                    "best_s": g["best_s"], "cpu_per_wall": g["cpu_per_wall"],
+                                    "blas": g.get("blas")})
+                    say("numpy sgemm %d threads: %.1f GFLOP/s" % (th, g["gflops"]))
+                else:
+                    say("numpy sgemm %d threads failed: %s" % (th, g.get("error")))
+            group = []
+            for fw in frameworks:
+                payload = {"job": fw, "workload": wl, "seconds": args.seconds,
+                           "repeats": args.repeats}
+                r = run_worker(payload, th, not args.no_pin, args.timeout)
+                row = {"workload": wl, "framework": fw, "threads": th, "batch": spec["batch"]}
+                if r.get("ok"):
+                    steps = r["steps"]
+                    row.update({
+                        "samples_per_s": spec["batch"] * steps / r["best_s"],
+                        "samples_per_s_median": spec["batch"] * steps / r["median_s"],
+                        "first_step_s": r["first_step_s"],
+                        "setup_s": r["setup_s"],
+                        "steps_per_repeat": steps,
+                        "times_s": r["times_s"],
+                        "cpu_per_wall": r["cpu_per_wall"],
+                        "final_loss": r["final_loss"],
+                        "affinity": r.get("affinity"),
+                    })
+                    if flops is not None:
+                        row["gflops"] = flops * steps / r["best_s"] / 1e9
+                        if th in gemm and wl in GFLOPS_WORKLOADS:
+                            row["numpy_sgemm_gflops"] = gemm[th]
+                            row["fraction_of_sgemm"] = row["gflops"] / gemm[th]
+                    if r["final_loss"] is not None and not math.isfinite(r["final_loss"]):
+                        say("warning: %s %s %d threads: loss is not finite" % (wl, fw, th))
+                    say("%-10s %-8s %d thread%s: %10s samples/s  (first step %.3g s)" % (
+                        wl, fw, th, " " if th == 1 else "s", _fmt_rate(row["samples_per_s"]),
+                        r["first_step_s"]))
+                else:
+                    row.update({"samples_per_s": None, "error": r.get("error"),
+                                "traceback": r.get("traceback")})
+                    say("%-10s %-8s %d threads: FAILED: %s" % (wl, fw, th, r.get("error")))
+                group.append(row)
+            jp_row = group[0]
+            peer_rows = [r for r in group[1:] if r.get("samples_per_s")]
+            if peer_rows and jp_row.get("samples_per_s"):
+                best = max(peer_rows, key=lambda r: r["samples_per_s"])
+                jp_row["best_peer"] = best["framework"]
+                jp_row["ratio_vs_best_peer"] = jp_row["samples_per_s"] / best["samples_per_s"]
+            results.extend(group)
+
+    say("")
+    say(format_table(results, frameworks, gemm))
+    if missing:
+        say("peers not available (not importable): %s" % ", ".join(missing))
+
+    if args.json:
+        doc = {"metadata": collect_metadata(args, peers, missing), "results": results}
+        text = json.dumps(doc, indent=1)
+        if args.json == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+            say("results written to %s" % args.json)
+    ok = all(r.get("samples_per_s") or r.get("gflops") for r in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

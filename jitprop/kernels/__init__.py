@@ -1,0 +1,293 @@
+"""Checked kernel entry points.
+
+Each function here checks its arguments (types, one float dtype, C-contiguity,
+shapes, overlaps where they matter) and raises ``TypeError``/``ValueError``
+with a message naming the argument, then calls the compiled kernel of the
+same name in :mod:`jitprop.kernels.raw`.  Outputs are written into the arrays
+you pass; nothing is allocated.  Use the raw kernels from your own ``@njit``
+code, where these Python-level checks cannot run.
+"""
+
+import numpy as np
+
+from .._checks import check_array, check_float, check_labels, no_overlap
+from . import raw
+from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH
+
+__all__ = [
+    "raw",
+    "ACT_IDENTITY",
+    "ACT_RELU",
+    "ACT_SIGMOID",
+    "ACT_TANH",
+    "dense_forward",
+    "dense_act_forward",
+    "dense_backward",
+    "dense_backward_params",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "relu_forward",
+    "relu_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "activation_forward",
+    "activation_backward",
+    "mse_loss",
+    "softmax_cross_entropy",
+    "sgd_step",
+    "clip_grad_norm",
+    "clip_grad_norm_list",
+]
+
+_ACTS = (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH)
+
+
+def _check_act(act):
+    if act not in _ACTS:
+        raise ValueError(f"act must be one of {_ACTS} (identity, relu, sigmoid, tanh), got {act!r}")
+    return int(act)
+
+
+def _check_dense_fwd(x, W, b, out):
+    check_array("x", x, ndim=2)
+    dt = x.dtype
+    n, n_in = x.shape
+    check_array("W", W, dtype=dt, ndim=2)
+    if W.shape[0] != n_in:
+        raise ValueError(f"W must have shape ({n_in}, n_out) to match x {x.shape}, got {W.shape}")
+    n_out = W.shape[1]
+    check_array("b", b, dtype=dt, shape=(n_out,))
+    check_array("out", out, dtype=dt, shape=(n, n_out), writable=True)
+    no_overlap(out=out, x=x)
+    no_overlap(out=out, W=W)
+
+
+def dense_forward(x, W, b, out):
+    """Dense forward ``out = x @ W + b``.
+
+    Parameters
+    ----------
+    x : ndarray (n, n_in), float32 or float64, C-contiguous
+    W : ndarray (n_in, n_out), same dtype
+    b : ndarray (n_out,), same dtype
+    out : ndarray (n, n_out), same dtype, written
+
+    Returns
+    -------
+    out
+    """
+    _check_dense_fwd(x, W, b, out)
+    raw.dense_forward(x, W, b, out)
+    return out
+
+
+def dense_act_forward(x, W, b, out, act):
+    """Fused ``out = f(x @ W + b)`` with ``f`` chosen by ``act`` (an ``ACT_*`` code).
+    Shapes as in :func:`dense_forward`."""
+    _check_dense_fwd(x, W, b, out)
+    raw.dense_act_forward(x, W, b, out, _check_act(act))
+    return out
+
+
+def _check_dense_bwd(x, dy, dW, db):
+    check_array("x", x, ndim=2)
+    dt = x.dtype
+    n, n_in = x.shape
+    check_array("dy", dy, dtype=dt, ndim=2)
+    if dy.shape[0] != n:
+        raise ValueError(f"dy must have {n} rows like x {x.shape}, got {dy.shape}")
+    n_out = dy.shape[1]
+    check_array("dW", dW, dtype=dt, shape=(n_in, n_out), writable=True)
+    check_array("db", db, dtype=dt, shape=(n_out,), writable=True)
+    no_overlap(dW=dW, x=x, dy=dy, db=db)
+    return n, n_in, n_out
+
+
+def dense_backward(x, W, dy, dx, dW, db):
+    """Dense backward: ``dx = dy @ W.T``, ``dW = x.T @ dy``, ``db = dy.sum(0)``.
+
+    Parameters
+    ----------
+    x : ndarray (n, n_in), the forward input
+    W : ndarray (n_in, n_out)
+    dy : ndarray (n, n_out), upstream gradient
+    dx : ndarray (n, n_in), written
+    dW : ndarray (n_in, n_out), written
+    db : ndarray (n_out,), written
+
+    Returns
+    -------
+    (dx, dW, db)
+    """
+    n, n_in, n_out = _check_dense_bwd(x, dy, dW, db)
+    check_array("W", W, dtype=x.dtype, shape=(n_in, n_out))
+    check_array("dx", dx, dtype=x.dtype, shape=(n, n_in), writable=True)
+    no_overlap(dx=dx, dy=dy, W=W, dW=dW, db=db)
+    raw.dense_backward(x, W, dy, dx, dW, db)
+    return dx, dW, db
+
+
+def dense_backward_params(x, dy, dW, db):
+    """Dense backward without the input gradient (for a first layer):
+    ``dW = x.T @ dy``, ``db = dy.sum(0)``.  Shapes as in :func:`dense_backward`."""
+    _check_dense_bwd(x, dy, dW, db)
+    raw.dense_backward_params(x, dy, dW, db)
+    return dW, db
+
+
+def activation_forward(z, a, act):
+    """``a = f(z)`` elementwise, ``f`` chosen by ``act``; ``z`` and ``a`` of one
+    shape and dtype (``a`` may be ``z``)."""
+    check_array("z", z)
+    check_array("a", a, dtype=z.dtype, shape=z.shape, writable=True)
+    if a is not z and np.shares_memory(a, z):
+        raise ValueError("a must be z itself or not overlap it")
+    raw.activation_forward(z, a, _check_act(act))
+    return a
+
+
+def activation_backward(a, da, dz, act):
+    """``dz = da * f'(z)`` from the saved output ``a``; all of one shape and
+    dtype (``dz`` may be ``da``)."""
+    check_array("a", a)
+    check_array("da", da, dtype=a.dtype, shape=a.shape)
+    check_array("dz", dz, dtype=a.dtype, shape=a.shape, writable=True)
+    if dz is not da and np.shares_memory(dz, da):
+        raise ValueError("dz must be da itself or not overlap it")
+    if np.shares_memory(dz, a) and dz is not a:
+        raise ValueError("dz must not overlap a")
+    raw.activation_backward(a, da, dz, _check_act(act))
+    return dz
+
+
+def _fwd(act, doc):
+    def f(z, a):
+        return activation_forward(z, a, act)
+
+    f.__doc__ = doc
+    return f
+
+
+def _bwd(act, doc):
+    def f(a, da, dz):
+        return activation_backward(a, da, dz, act)
+
+    f.__doc__ = doc
+    return f
+
+
+sigmoid_forward = _fwd(ACT_SIGMOID, "``a = sigmoid(z)``; z, a: same shape and dtype. Returns a.")
+relu_forward = _fwd(ACT_RELU, "``a = max(z, 0)``; z, a: same shape and dtype. Returns a.")
+tanh_forward = _fwd(ACT_TANH, "``a = tanh(z)``; z, a: same shape and dtype. Returns a.")
+sigmoid_backward = _bwd(ACT_SIGMOID, "``dz = da * a * (1 - a)`` from the saved output a. Returns dz.")
+relu_backward = _bwd(ACT_RELU, "``dz = da * (a > 0)`` from the saved output a. Returns dz.")
+tanh_backward = _bwd(ACT_TANH, "``dz = da * (1 - a**2)`` from the saved output a. Returns dz.")
+for _f, _n in [(sigmoid_forward, "sigmoid_forward"), (relu_forward, "relu_forward"),
+               (tanh_forward, "tanh_forward"), (sigmoid_backward, "sigmoid_backward"),
+               (relu_backward, "relu_backward"), (tanh_backward, "tanh_backward")]:
+    _f.__name__ = _f.__qualname__ = _n
+del _f, _n
+
+
+def mse_loss(pred, target, grad, row_loss):
+    """Mean squared error; writes ``grad = 2 (pred - target) / pred.size``.
+
+    Parameters
+    ----------
+    pred : ndarray (n, ...), float32 or float64
+    target : ndarray, same shape and dtype
+    grad : ndarray, same shape and dtype, written
+    row_loss : ndarray (n,), same dtype, workspace
+
+    Returns
+    -------
+    float
+        ``mean((pred - target)**2)``.
+    """
+    check_array("pred", pred)
+    if pred.ndim < 1 or pred.shape[0] == 0 or pred.size == 0:
+        raise ValueError(f"pred must be non-empty with a leading batch axis, got shape {pred.shape}")
+    check_array("target", target, dtype=pred.dtype, shape=pred.shape)
+    check_array("grad", grad, dtype=pred.dtype, shape=pred.shape, writable=True)
+    check_array("row_loss", row_loss, dtype=pred.dtype, shape=(pred.shape[0],), writable=True)
+    no_overlap(grad=grad, pred=pred, target=target, row_loss=row_loss)
+    return raw.mse_loss(pred, target, grad, row_loss)
+
+
+def softmax_cross_entropy(logits, labels, grad, row_loss):
+    """Softmax cross-entropy with integer labels, mean over the batch.
+
+    Parameters
+    ----------
+    logits : ndarray (n, n_classes), float32 or float64
+    labels : ndarray (n,), integer in ``[0, n_classes)``
+    grad : ndarray (n, n_classes), same dtype as logits, written
+    row_loss : ndarray (n,), same dtype as logits, workspace
+
+    Returns
+    -------
+    float
+    """
+    check_array("logits", logits, ndim=2)
+    n, c = logits.shape
+    if n == 0 or c == 0:
+        raise ValueError(f"logits must be non-empty, got shape {logits.shape}")
+    check_labels("labels", labels, n, c)
+    check_array("grad", grad, dtype=logits.dtype, shape=logits.shape, writable=True)
+    check_array("row_loss", row_loss, dtype=logits.dtype, shape=(n,), writable=True)
+    no_overlap(grad=grad, logits=logits, row_loss=row_loss)
+    return raw.softmax_cross_entropy(logits, labels, grad, row_loss)
+
+
+def sgd_step(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """In-place SGD update with ``torch.optim.SGD`` semantics (dampening 0).
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64, updated
+    g : ndarray (n,), same dtype, read
+    v : ndarray (n,), same dtype, momentum buffer (zeros before the first step), updated
+    lr, momentum, weight_decay : float, >= 0
+    nesterov : bool (requires momentum > 0)
+    """
+    check_array("p", p, ndim=1, writable=True)
+    check_array("g", g, dtype=p.dtype, shape=p.shape)
+    check_array("v", v, dtype=p.dtype, shape=p.shape, writable=True)
+    no_overlap(p=p, g=g, v=v)
+    lr = check_float("lr", lr, minimum=0.0)
+    momentum = check_float("momentum", momentum, minimum=0.0)
+    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
+    if nesterov and momentum <= 0:
+        raise ValueError("nesterov=True requires momentum > 0")
+    raw.sgd_step(p, g, v, lr, momentum, weight_decay, bool(nesterov))
+    return p
+
+
+def clip_grad_norm(g, max_norm):
+    """Clip one (flat) gradient array to global L2 norm ``max_norm`` in place;
+    returns the norm before clipping."""
+    check_array("g", g, writable=True)
+    max_norm = check_float("max_norm", max_norm, minimum=0.0)
+    return raw.clip_grad_norm(g, max_norm)
+
+
+def clip_grad_norm_list(grads, max_norm):
+    """Clip a list of gradient arrays jointly to global L2 norm ``max_norm``.
+
+    Same rule as ``torch.nn.utils.clip_grad_norm_``: the norm is taken over
+    all arrays together; if ``max_norm / (norm + 1e-6) < 1`` every array is
+    scaled by that factor.  Returns the norm before clipping.
+    """
+    max_norm = check_float("max_norm", max_norm, minimum=0.0)
+    grads = list(grads)
+    for k, g in enumerate(grads):
+        check_array(f"grads[{k}]", g, writable=True)
+    total = 0.0
+    for g in grads:
+        total += raw.sum_squares(g)
+    norm = float(np.sqrt(total))
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            raw.scale_inplace(g, coef)
+    return norm

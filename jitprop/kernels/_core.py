@@ -1,0 +1,622 @@
+"""Compiled kernels for dense layers, activations, losses and SGD.
+
+Every function here is a Numba ``@njit`` dispatcher that works on
+caller-provided, C-contiguous float32 or float64 arrays and never allocates.
+They perform **no argument checking**: wrong shapes make compiled code read or
+write outside the given buffers.  From Python, prefer the checked wrappers in
+:mod:`jitprop.kernels`; call these directly (``jitprop.kernels.raw``) from
+your own ``@njit`` code once you have validated the shapes yourself.
+
+Design rules, kept by every kernel in this module:
+
+* ``prange`` only runs over an axis whose iterations write disjoint elements,
+  and every reduction sums in a fixed order that does not depend on the
+  number of threads, so results are bitwise identical for any thread count.
+* Arithmetic stays in the dtype of the arrays: constants are built with
+  ``x.dtype.type(...)`` so float32 code is not promoted to float64.  Scalar
+  losses and norms are accumulated in float64 and returned as Python floats.
+* Matrix products use BLAS through ``np.dot(a, b, out)`` at the top level of a
+  function, never inside a ``prange`` loop, so BLAS threads and Numba threads
+  never multiply.
+* fastmath allows reassociation and contraction only (no ``nnan``/``ninf``),
+  so NaN and inf propagate and can be detected.
+
+All kernels that call each other live in this one module so that Numba's
+on-disk cache (``cache=True``) stays consistent.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = [
+    "ACT_IDENTITY",
+    "ACT_RELU",
+    "ACT_SIGMOID",
+    "ACT_TANH",
+    "activation_forward",
+    "activation_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "relu_forward",
+    "relu_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "dense_forward",
+    "dense_act_forward",
+    "dense_backward",
+    "dense_backward_params",
+    "bias_grad",
+    "mse_loss",
+    "softmax_cross_entropy",
+    "sgd_step",
+    "sum_squares",
+    "scale_inplace",
+    "clip_grad_norm",
+    "segment_norms",
+]
+
+#: Fast-math flags: reassociation and FMA contraction, never nnan/ninf.
+FASTMATH = {"reassoc", "contract"}
+
+#: Activation codes accepted by the fused kernels.
+ACT_IDENTITY = 0
+ACT_RELU = 1
+ACT_SIGMOID = 2
+ACT_TANH = 3
+
+# Below this many elements a kernel runs serially: a parallel region costs a
+# few microseconds to start, more than the work itself on small arrays.
+_PAR_MIN = 32768
+# Elementwise kernels are split into chunks of this many elements.
+_CHUNK = 8192
+# Column block width for the deterministic bias-gradient reduction.
+_COLBLK = 64
+
+_jit = dict(cache=True, fastmath=FASTMATH, nogil=True)
+_pjit = dict(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+
+
+# --------------------------------------------------------------------------
+# elementwise activations
+# --------------------------------------------------------------------------
+@njit(**_jit)
+def _act_fwd_range(z, a, start, stop, act):
+    one = z.dtype.type(1)
+    zero = z.dtype.type(0)
+    if act == ACT_RELU:
+        for i in range(start, stop):
+            v = z[i]
+            a[i] = v if v > zero else zero
+    elif act == ACT_SIGMOID:
+        for i in range(start, stop):
+            v = z[i]
+            # two branches keep exp() from overflowing for large |v|
+            if v >= zero:
+                a[i] = one / (one + np.exp(-v))
+            else:
+                e = np.exp(v)
+                a[i] = e / (one + e)
+    elif act == ACT_TANH:
+        for i in range(start, stop):
+            a[i] = np.tanh(z[i])
+    else:
+        for i in range(start, stop):
+            a[i] = z[i]
+
+
+@njit(**_jit)
+def _act_bwd_range(a, da, dz, start, stop, act):
+    one = a.dtype.type(1)
+    zero = a.dtype.type(0)
+    if act == ACT_RELU:
+        for i in range(start, stop):
+            dz[i] = da[i] if a[i] > zero else zero
+    elif act == ACT_SIGMOID:
+        for i in range(start, stop):
+            ai = a[i]
+            dz[i] = da[i] * (ai * (one - ai))
+    elif act == ACT_TANH:
+        for i in range(start, stop):
+            ai = a[i]
+            dz[i] = da[i] * (one - ai * ai)
+    else:
+        for i in range(start, stop):
+            dz[i] = da[i]
+
+
+@njit(**_pjit)
+def activation_forward(z, a, act):
+    """Apply an activation elementwise: ``a = f(z)``.
+
+    Parameters
+    ----------
+    z : ndarray, any shape, float32 or float64, C-contiguous
+        Pre-activations (read).
+    a : ndarray, same shape and dtype as ``z``
+        Output (written).  May be the same array as ``z`` (in place).
+    act : int
+        ``ACT_IDENTITY`` (0), ``ACT_RELU`` (1), ``ACT_SIGMOID`` (2) or
+        ``ACT_TANH`` (3).
+    """
+    zf = z.reshape(z.size)
+    af = a.reshape(a.size)
+    n = zf.size
+    if n < _PAR_MIN:
+        _act_fwd_range(zf, af, 0, n, act)
+    else:
+        nch = (n + _CHUNK - 1) // _CHUNK
+        for c in prange(nch):
+            s = c * _CHUNK
+            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), act)
+
+
+@njit(**_pjit)
+def activation_backward(a, da, dz, act):
+    """Backward of an activation, from its saved *output*: ``dz = da * f'(z)``.
+
+    The derivative is written in terms of the output ``a = f(z)``:
+    ReLU ``1[a > 0]``, sigmoid ``a (1 - a)``, tanh ``1 - a**2``.
+
+    Parameters
+    ----------
+    a : ndarray, any shape, float32 or float64, C-contiguous
+        Saved output of the forward pass (read).
+    da : ndarray, same shape and dtype
+        Upstream gradient dL/da (read).
+    dz : ndarray, same shape and dtype
+        Gradient dL/dz (written).  May be the same array as ``da``.
+    act : int
+        Activation code, as in :func:`activation_forward`.
+    """
+    af = a.reshape(a.size)
+    daf = da.reshape(da.size)
+    dzf = dz.reshape(dz.size)
+    n = af.size
+    if n < _PAR_MIN:
+        _act_bwd_range(af, daf, dzf, 0, n, act)
+    else:
+        nch = (n + _CHUNK - 1) // _CHUNK
+        for c in prange(nch):
+            s = c * _CHUNK
+            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), act)
+
+
+@njit(**_jit)
+def sigmoid_forward(z, a):
+    """``a = 1 / (1 + exp(-z))``, overflow-free.  Shapes as in :func:`activation_forward`."""
+    activation_forward(z, a, ACT_SIGMOID)
+
+
+@njit(**_jit)
+def sigmoid_backward(a, da, dz):
+    """``dz = da * a * (1 - a)`` from the saved output ``a``."""
+    activation_backward(a, da, dz, ACT_SIGMOID)
+
+
+@njit(**_jit)
+def relu_forward(z, a):
+    """``a = max(z, 0)``.  Shapes as in :func:`activation_forward`."""
+    activation_forward(z, a, ACT_RELU)
+
+
+@njit(**_jit)
+def relu_backward(a, da, dz):
+    """``dz = da * (a > 0)`` from the saved output ``a`` (ReLU'(0) = 0, as in PyTorch)."""
+    activation_backward(a, da, dz, ACT_RELU)
+
+
+@njit(**_jit)
+def tanh_forward(z, a):
+    """``a = tanh(z)``.  Shapes as in :func:`activation_forward`."""
+    activation_forward(z, a, ACT_TANH)
+
+
+@njit(**_jit)
+def tanh_backward(a, da, dz):
+    """``dz = da * (1 - a**2)`` from the saved output ``a``."""
+    activation_backward(a, da, dz, ACT_TANH)
+
+
+# --------------------------------------------------------------------------
+# dense layer
+# --------------------------------------------------------------------------
+@njit(**_jit)
+def _bias_act_row(out, b, i, act):
+    m = out.shape[1]
+    row = out[i]
+    for j in range(m):
+        row[j] += b[j]
+    if act != ACT_IDENTITY:
+        _act_fwd_range(row, row, 0, m, act)
+
+
+@njit(**_pjit)
+def dense_act_forward(x, W, b, out, act):
+    """Fused dense layer and activation: ``out = f(x @ W + b)``.
+
+    Parameters
+    ----------
+    x : ndarray (n, n_in), float32 or float64, C-contiguous
+        Input rows (read).
+    W : ndarray (n_in, n_out), same dtype, C-contiguous
+        Weights (read).
+    b : ndarray (n_out,), same dtype
+        Bias (read).
+    out : ndarray (n, n_out), same dtype, C-contiguous
+        Output (written).  Must not overlap ``x`` or ``W``.
+    act : int
+        Activation code (``ACT_IDENTITY`` for a plain affine layer).
+
+    Notes
+    -----
+    The product runs in BLAS; the bias add and activation are one fused pass,
+    parallel over rows when the output is large.
+    """
+    np.dot(x, W, out)
+    n = out.shape[0]
+    if out.size < _PAR_MIN:
+        for i in range(n):
+            _bias_act_row(out, b, i, act)
+    else:
+        for i in prange(n):
+            _bias_act_row(out, b, i, act)
+
+
+@njit(**_jit)
+def dense_forward(x, W, b, out):
+    """Dense layer forward: ``out = x @ W + b``.
+
+    Parameters
+    ----------
+    x : ndarray (n, n_in), float32 or float64, C-contiguous
+    W : ndarray (n_in, n_out), same dtype, C-contiguous
+    b : ndarray (n_out,), same dtype
+    out : ndarray (n, n_out), same dtype, C-contiguous, written
+    """
+    dense_act_forward(x, W, b, out, ACT_IDENTITY)
+
+
+@njit(**_jit)
+def _colsum_block(dy, db, j0, j1):
+    zero = db.dtype.type(0)
+    for j in range(j0, j1):
+        db[j] = zero
+    for i in range(dy.shape[0]):
+        row = dy[i]
+        for j in range(j0, j1):
+            db[j] += row[j]
+
+
+@njit(**_pjit)
+def bias_grad(dy, db):
+    """Bias gradient ``db = dy.sum(axis=0)``, summed over rows in order.
+
+    Parameters
+    ----------
+    dy : ndarray (n, n_out), float32 or float64, C-contiguous (read)
+    db : ndarray (n_out,), same dtype (written)
+
+    Notes
+    -----
+    Parallel over blocks of columns; each column is summed over all rows in
+    row order by one thread, so the result does not depend on the thread
+    count.
+    """
+    m = dy.shape[1]
+    nblk = (m + _COLBLK - 1) // _COLBLK
+    if dy.size < _PAR_MIN or nblk < 2:
+        _colsum_block(dy, db, 0, m)
+    else:
+        for c in prange(nblk):
+            j0 = c * _COLBLK
+            _colsum_block(dy, db, j0, min(j0 + _COLBLK, m))
+
+
+@njit(**_jit)
+def dense_backward_params(x, dy, dW, db):
+    """Parameter gradients of a dense layer, without the input gradient.
+
+    Use this for a network's first layer, whose input gradient is not needed.
+
+    Parameters
+    ----------
+    x : ndarray (n, n_in), C-contiguous
+        The forward input (read).
+    dy : ndarray (n, n_out), C-contiguous
+        Upstream gradient dL/d(out) (read).
+    dW : ndarray (n_in, n_out), written: ``x.T @ dy``
+    db : ndarray (n_out,), written: ``dy.sum(0)``
+    """
+    np.dot(x.T, dy, dW)
+    bias_grad(dy, db)
+
+
+@njit(**_jit)
+def dense_backward(x, W, dy, dx, dW, db):
+    """Dense layer backward.
+
+    Parameters
+    ----------
+    x : ndarray (n, n_in), C-contiguous
+        The forward input (read).
+    W : ndarray (n_in, n_out), C-contiguous
+        Weights (read).
+    dy : ndarray (n, n_out), C-contiguous
+        Upstream gradient dL/d(out) (read).
+    dx : ndarray (n, n_in), written: ``dy @ W.T``.  Must not overlap ``dy``.
+    dW : ndarray (n_in, n_out), written: ``x.T @ dy``
+    db : ndarray (n_out,), written: ``dy.sum(0)``
+
+    Gradients are overwritten, not accumulated.
+    """
+    np.dot(dy, W.T, dx)
+    np.dot(x.T, dy, dW)
+    bias_grad(dy, db)
+
+
+# --------------------------------------------------------------------------
+# losses
+# --------------------------------------------------------------------------
+@njit(**_jit)
+def _mse_row(p, t, g, row_loss, i, scale):
+    acc = p.dtype.type(0)
+    for k in range(p.shape[1]):
+        d = p[i, k] - t[i, k]
+        acc += d * d
+        g[i, k] = scale * d
+    row_loss[i] = acc
+
+
+@njit(**_pjit)
+def mse_loss(pred, target, grad, row_loss):
+    """Mean squared error and its gradient.
+
+    ``loss = mean((pred - target)**2)`` over all elements, the article's
+    ``C0 = (a - y)**2`` averaged; ``grad = 2 (pred - target) / pred.size``.
+
+    Parameters
+    ----------
+    pred : ndarray (n, ...), float32 or float64, C-contiguous (read)
+    target : ndarray, same shape and dtype (read)
+    grad : ndarray, same shape and dtype (written)
+    row_loss : ndarray (n,), same dtype
+        Workspace: per-row sums of squared errors (written).
+
+    Returns
+    -------
+    float
+        The loss.  Rows are summed in order, in float64.
+    """
+    n = pred.shape[0]
+    total = pred.size
+    if total == 0:
+        return np.nan
+    k = total // n
+    p = pred.reshape((n, k))
+    t = target.reshape((n, k))
+    g = grad.reshape((n, k))
+    scale = pred.dtype.type(2) / pred.dtype.type(total)
+    if total < _PAR_MIN:
+        for i in range(n):
+            _mse_row(p, t, g, row_loss, i, scale)
+    else:
+        for i in prange(n):
+            _mse_row(p, t, g, row_loss, i, scale)
+    s = 0.0
+    for i in range(n):
+        s += row_loss[i]
+    return s / total
+
+
+@njit(**_jit)
+def _xent_row(z, labels, g, row_loss, i, inv_n):
+    c = z.shape[1]
+    m = z[i, 0]
+    for k in range(1, c):
+        if z[i, k] > m:
+            m = z[i, k]
+    s = z.dtype.type(0)
+    for k in range(c):
+        e = np.exp(z[i, k] - m)
+        g[i, k] = e
+        s += e
+    y = labels[i]
+    row_loss[i] = (m + np.log(s)) - z[i, y]
+    f = inv_n / s
+    for k in range(c):
+        g[i, k] *= f
+    g[i, y] -= inv_n
+
+
+@njit(**_pjit)
+def softmax_cross_entropy(logits, labels, grad, row_loss):
+    """Softmax cross-entropy with integer class labels, mean over the batch.
+
+    ``loss = mean_i(logsumexp(logits[i]) - logits[i, labels[i]])`` and
+    ``grad = (softmax(logits) - onehot(labels)) / n``.  The max of each row is
+    subtracted before exponentiating, so large logits do not overflow.
+
+    Parameters
+    ----------
+    logits : ndarray (n, n_classes), float32 or float64, C-contiguous (read)
+    labels : ndarray (n,), integer, values in ``[0, n_classes)`` (read)
+    grad : ndarray (n, n_classes), same dtype as ``logits`` (written)
+    row_loss : ndarray (n,), same dtype as ``logits``
+        Workspace: per-row losses (written).
+
+    Returns
+    -------
+    float
+        The mean loss, rows summed in order in float64.
+
+    Raises
+    ------
+    ValueError
+        If a label is outside ``[0, n_classes)`` (checked before any write).
+    """
+    n, c = logits.shape
+    for i in range(n):
+        if labels[i] < 0 or labels[i] >= c:
+            raise ValueError("softmax_cross_entropy: a label is outside [0, n_classes)")
+    if n == 0:
+        return np.nan
+    inv_n = logits.dtype.type(1) / logits.dtype.type(n)
+    if logits.size < _PAR_MIN:
+        for i in range(n):
+            _xent_row(logits, labels, grad, row_loss, i, inv_n)
+    else:
+        for i in prange(n):
+            _xent_row(logits, labels, grad, row_loss, i, inv_n)
+    s = 0.0
+    for i in range(n):
+        s += row_loss[i]
+    return s / n
+
+
+# --------------------------------------------------------------------------
+# optimisation
+# --------------------------------------------------------------------------
+@njit(**_jit)
+def _sgd_range(p, g, v, start, stop, lr, mom, wd, nesterov):
+    zero = p.dtype.type(0)
+    if mom == zero:
+        if wd == zero:
+            for i in range(start, stop):
+                p[i] -= lr * g[i]
+        else:
+            for i in range(start, stop):
+                p[i] -= lr * (g[i] + wd * p[i])
+    elif nesterov:
+        for i in range(start, stop):
+            gi = g[i] + wd * p[i]
+            vi = mom * v[i] + gi
+            v[i] = vi
+            p[i] -= lr * (gi + mom * vi)
+    else:
+        for i in range(start, stop):
+            gi = g[i] + wd * p[i]
+            vi = mom * v[i] + gi
+            v[i] = vi
+            p[i] -= lr * vi
+
+
+@njit(**_pjit)
+def sgd_step(p, g, v, lr, momentum, weight_decay, nesterov):
+    """One SGD update in place, with the semantics of ``torch.optim.SGD``
+    (dampening 0)::
+
+        g = grad + weight_decay * p
+        v = momentum * v + g
+        p -= lr * (g + momentum * v if nesterov else v)
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64, C-contiguous
+        Parameters (updated in place).
+    g : ndarray (n,), same dtype
+        Gradients (read).
+    v : ndarray (n,), same dtype
+        Momentum buffer, zero before the first step (updated in place; not
+        touched when ``momentum == 0``, where the update is ``p -= lr * g``,
+        which is what the formula gives with ``v`` starting at zero).
+    lr, momentum, weight_decay : float
+        Cast to the dtype of ``p`` before use.
+    nesterov : bool
+    """
+    dt = p.dtype.type
+    lr_ = dt(lr)
+    mom = dt(momentum)
+    wd = dt(weight_decay)
+    n = p.size
+    if n < _PAR_MIN:
+        _sgd_range(p, g, v, 0, n, lr_, mom, wd, nesterov)
+    else:
+        nch = (n + _CHUNK - 1) // _CHUNK
+        for c in prange(nch):
+            s = c * _CHUNK
+            _sgd_range(p, g, v, s, min(s + _CHUNK, n), lr_, mom, wd, nesterov)
+
+
+@njit(**_jit)
+def sum_squares(x):
+    """Sum of squares of all elements of ``x`` (any shape, C-contiguous),
+    accumulated in float64 in a fixed order.  Returns a float."""
+    xf = x.reshape(x.size)
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    n = xf.size
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        a0 = np.float64(xf[i])
+        a1 = np.float64(xf[i + 1])
+        a2 = np.float64(xf[i + 2])
+        a3 = np.float64(xf[i + 3])
+        s0 += a0 * a0
+        s1 += a1 * a1
+        s2 += a2 * a2
+        s3 += a3 * a3
+    for i in range(n4, n):
+        a = np.float64(xf[i])
+        s0 += a * a
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(**_pjit)
+def scale_inplace(x, c):
+    """``x *= c`` for any C-contiguous array; ``c`` is cast to ``x``'s dtype."""
+    xf = x.reshape(x.size)
+    cc = x.dtype.type(c)
+    n = xf.size
+    if n < _PAR_MIN:
+        for i in range(n):
+            xf[i] *= cc
+    else:
+        nch = (n + _CHUNK - 1) // _CHUNK
+        for k in prange(nch):
+            s = k * _CHUNK
+            for i in range(s, min(s + _CHUNK, n)):
+                xf[i] *= cc
+
+
+@njit(**_jit)
+def clip_grad_norm(g, max_norm):
+    """Clip a flat gradient vector to a maximum global L2 norm, in place.
+
+    As ``torch.nn.utils.clip_grad_norm_``: with ``norm = ||g||_2``, if
+    ``max_norm / (norm + 1e-6) < 1`` the gradient is multiplied by that factor.
+    Keep all of a model's gradients in one flat buffer (as
+    :class:`jitprop.Sequential` does) to clip them jointly in one call.
+
+    Parameters
+    ----------
+    g : ndarray, any shape, float32 or float64, C-contiguous (updated)
+    max_norm : float
+
+    Returns
+    -------
+    float
+        The norm before clipping (``nan``/``inf`` if ``g`` holds them, in
+        which case ``g`` is left unchanged).
+    """
+    norm = np.sqrt(sum_squares(g))
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        scale_inplace(g, coef)
+    return norm
+
+
+@njit(**_jit)
+def segment_norms(flat, offsets, out):
+    """L2 norms of consecutive segments of a flat vector.
+
+    Parameters
+    ----------
+    flat : ndarray (n,), float32 or float64 (read)
+    offsets : ndarray (k + 1,), int64, increasing, ``offsets[-1] <= n``
+        Segment ``j`` is ``flat[offsets[j]:offsets[j + 1]]``.
+    out : ndarray (k,), float64 (written)
+    """
+    for j in range(out.size):
+        out[j] = np.sqrt(sum_squares(flat[offsets[j]:offsets[j + 1]]))

@@ -1,0 +1,239 @@
+"""Layers: objects that own parameters, gradients and preallocated buffers.
+
+A layer's buffers are allocated on first use for a batch of ``n`` rows and
+reused for every later batch of at most that many rows (a shorter batch uses
+the leading rows of the same buffers), so the short last batch of an epoch
+allocates nothing.
+
+Arrays returned by ``forward`` and ``backward`` are views of these internal
+buffers: they are overwritten by the next call.  Copy them if you need to
+keep them.
+"""
+
+import numpy as np
+
+from ._checks import as_float_dtype, check_int
+from .kernels import raw as K
+
+__all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh"]
+
+
+class Layer:
+    """Base class of jitprop layers.
+
+    Attributes
+    ----------
+    params : dict of str -> ndarray
+        Live parameter arrays.  Writing into them (``params["W"][...] = ...``)
+        changes the layer.  Inside a :class:`~jitprop.Sequential` they are
+        views into the model's single flat parameter vector.
+    grads : dict of str -> ndarray
+        Gradients with the same keys and shapes, overwritten by ``backward``.
+    dtype : numpy dtype or None
+        float32 or float64; None for a parameter-free layer not yet used.
+    """
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.dtype = None
+        self._bufs = {}
+
+    # -- parameters ---------------------------------------------------------
+    def param_shapes(self):
+        """Ordered dict of parameter name -> shape."""
+        return {k: v.shape for k, v in self.params.items()}
+
+    def _bind(self, params, grads):
+        """Replace parameter and gradient arrays by the given views (used by
+        :class:`~jitprop.Sequential` to pack everything into flat buffers)."""
+        for k in self.params:
+            params[k][...] = self.params[k]
+        self.params = params
+        self.grads = grads
+
+    # -- shapes ---------------------------------------------------------------
+    def output_shape(self, input_shape):
+        """Shape of one sample's output for one sample's input shape."""
+        return tuple(input_shape)
+
+    # -- buffers --------------------------------------------------------------
+    def _buffer(self, name, shape, dtype):
+        """A C-contiguous buffer of ``shape`` (leading axis = batch), reused
+        across calls: grown only when a call needs more rows than before."""
+        shape = tuple(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            buf = np.empty(shape, dtype=dtype)
+            self._bufs[name] = buf
+        return buf[: shape[0]] if buf.shape[0] != shape[0] else buf
+
+    def buffer_bytes(self):
+        """Bytes held in this layer's preallocated buffers."""
+        return sum(b.nbytes for b in self._bufs.values())
+
+    # -- computation ------------------------------------------------------------
+    def forward(self, x):
+        """Forward pass; caches what ``backward`` needs.  Returns a view of an
+        internal buffer."""
+        raise NotImplementedError
+
+    def backward(self, dy, need_dx=True):
+        """Backward pass: fills ``grads`` and returns dL/dx (a view of an
+        internal buffer), or None when ``need_dx`` is False."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def _check_input(layer, x, last):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{type(layer).__name__}: input must be a numpy.ndarray, got {type(x).__name__}")
+    if x.ndim < 2 or x.shape[-1] != last:
+        raise ValueError(
+            f"{type(layer).__name__}: input must have shape (batch, ..., {last}), got {x.shape}")
+    if x.dtype != layer.dtype:
+        raise TypeError(
+            f"{type(layer).__name__}: input dtype must be {layer.dtype} (the layer's dtype), got {x.dtype}; "
+            f"convert once with x.astype(np.{layer.dtype})")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{type(layer).__name__}: input must be C-contiguous")
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = x @ W + b``.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output features.
+    dtype : float32 or float64
+    seed : int or None
+        Seed of the initialisation: ``W`` and ``b`` are drawn from
+        ``U(-1/sqrt(n_in), 1/sqrt(n_in))``, PyTorch's default for ``nn.Linear``.
+
+    Notes
+    -----
+    Input ``(batch, n_in)`` gives output ``(batch, n_out)``.  An input with
+    more axes, ``(batch, ..., n_in)``, is treated as ``batch * ...`` rows, so a
+    Dense after an LSTM that returns sequences applies to every time step.
+
+    Parameters: ``W`` ``(n_in, n_out)``, ``b`` ``(n_out,)``.
+    """
+
+    def __init__(self, n_in, n_out, dtype=np.float32, seed=None):
+        super().__init__()
+        self.n_in = check_int("n_in", n_in, 1)
+        self.n_out = check_int("n_out", n_out, 1)
+        self.dtype = as_float_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.n_in)
+        self.params = {
+            "W": rng.uniform(-bound, bound, (self.n_in, self.n_out)).astype(self.dtype),
+            "b": rng.uniform(-bound, bound, (self.n_out,)).astype(self.dtype),
+        }
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        # A following activation may be fused into the forward kernel
+        # (set by Sequential); ``act_layer`` then caches the output.
+        self._act = K.ACT_IDENTITY
+        self._x = None
+        self._lead = None
+
+    def output_shape(self, input_shape):
+        if not input_shape or input_shape[-1] != self.n_in:
+            raise ValueError(f"Dense({self.n_in}, {self.n_out}) cannot take samples of shape {tuple(input_shape)}")
+        return tuple(input_shape[:-1]) + (self.n_out,)
+
+    def forward(self, x):
+        """x: (batch, ..., n_in) -> (batch, ..., n_out)."""
+        _check_input(self, x, self.n_in)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.n_in)
+        out = self._buffer("out", (x2.shape[0], self.n_out), self.dtype)
+        K.dense_act_forward(x2, self.params["W"], self.params["b"], out, self._act)
+        self._x = x2
+        self._lead = lead
+        return out.reshape(lead + (self.n_out,))
+
+    def backward(self, dy, need_dx=True):
+        """dy: (batch, ..., n_out) -> dx (batch, ..., n_in) or None."""
+        if self._x is None:
+            raise RuntimeError("Dense.backward called before forward")
+        x2 = self._x
+        n = x2.shape[0]
+        if dy.shape != self._lead + (self.n_out,) or dy.dtype != self.dtype or not dy.flags.c_contiguous:
+            raise ValueError(
+                f"Dense.backward: dy must be C-contiguous {self.dtype} of shape {self._lead + (self.n_out,)}, "
+                f"got {dy.dtype} {dy.shape}")
+        dy2 = dy.reshape(n, self.n_out)
+        if not need_dx:
+            K.dense_backward_params(x2, dy2, self.grads["W"], self.grads["b"])
+            return None
+        dx = self._buffer("dx", (n, self.n_in), self.dtype)
+        K.dense_backward(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
+        return dx.reshape(self._lead + (self.n_in,))
+
+    def __repr__(self):
+        return f"Dense({self.n_in}, {self.n_out}, dtype={self.dtype.name})"
+
+
+class Activation(Layer):
+    """Elementwise activation layer; the derivative is taken from the saved
+    output, so ``backward`` needs no copy of the input.
+
+    Subclasses set ``code`` to one of the ``jitprop.kernels.ACT_*`` codes.
+    Input and output have the same shape, any number of axes.
+    """
+
+    code = K.ACT_IDENTITY
+
+    def __init__(self):
+        super().__init__()
+        self._a = None
+        self._fused = False
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+            raise TypeError(f"{type(self).__name__}: input must be a C-contiguous float32/float64 ndarray")
+        self.dtype = x.dtype
+        if self._fused:
+            # the preceding Dense already applied this activation in its kernel
+            self._a = x
+            return x
+        a = self._buffer("a", x.shape, x.dtype)
+        K.activation_forward(x, a, self.code)
+        self._a = a
+        return a
+
+    def backward(self, dy, need_dx=True):
+        a = self._a
+        if a is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        if dy.shape != a.shape or dy.dtype != a.dtype or not dy.flags.c_contiguous:
+            raise ValueError(
+                f"{type(self).__name__}.backward: dy must be C-contiguous {a.dtype} of shape {a.shape}, "
+                f"got {dy.dtype} {dy.shape}")
+        if not need_dx:
+            return None
+        dz = self._buffer("dz", a.shape, a.dtype)
+        K.activation_backward(a, dy, dz, self.code)
+        return dz
+
+
+class ReLU(Activation):
+    """``max(x, 0)``; derivative 0 at 0 (as PyTorch)."""
+
+    code = K.ACT_RELU
+
+
+class Sigmoid(Activation):
+    """``1 / (1 + exp(-x))``; derivative ``a (1 - a)`` from the output."""
+
+    code = K.ACT_SIGMOID
+
+
+class Tanh(Activation):
+    """``tanh(x)``; derivative ``1 - a**2`` from the output."""
+
+    code = K.ACT_TANH

@@ -1,0 +1,196 @@
+"""Sequential model: a stack of layers with all parameters in one flat vector."""
+
+import numpy as np
+
+from ._checks import as_float_dtype
+from .layers import Activation, Dense, Layer
+
+__all__ = ["Sequential"]
+
+
+class Sequential:
+    """A stack of layers applied in order.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        For example ``[Dense(784, 128), ReLU(), Dense(128, 10)]``.  All layers
+        with parameters must share one dtype (float32 or float64).
+    fuse : bool, default True
+        Fuse a Dense followed by an activation into one compiled kernel
+        (same results, one pass less over memory).
+
+    Attributes
+    ----------
+    layers : list of Layer
+    dtype : numpy dtype
+    flat_params : ndarray (n_params,)
+        Every parameter of every layer, packed contiguously.  Each layer's
+        ``params[name]`` is a view into it, so an optimizer updates the whole
+        model with one kernel call and distributed training can sum gradients
+        in one message.
+    flat_grads : ndarray (n_params,)
+        The gradients, packed the same way (``layer.grads[name]`` are views).
+    param_slices : list of (layer_index, name, slice)
+        Where each parameter lives in the flat vectors.
+
+    Notes
+    -----
+    ``forward`` and ``backward`` return views of internal buffers, overwritten
+    by the next call; ``predict`` returns a new array.
+    """
+
+    def __init__(self, layers, fuse=True):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}] must be a jitprop Layer, got {type(layer).__name__}")
+        if len(set(map(id, layers))) != len(layers):
+            raise ValueError("the same layer object appears twice in Sequential")
+        self.layers = layers
+        dtypes = {layer.dtype for layer in layers if layer.params}
+        if len(dtypes) > 1:
+            raise TypeError(f"all layers with parameters must share one dtype, got {sorted(d.name for d in dtypes)}")
+        self.dtype = as_float_dtype(dtypes.pop()) if dtypes else np.dtype(np.float32)
+        for layer in layers:
+            if not layer.params:
+                layer.dtype = self.dtype
+        self._pack()
+        self._fuse = bool(fuse)
+        self._set_fusion(self._fuse)
+
+    # -- parameters -------------------------------------------------------------
+    def _pack(self):
+        total = sum(int(np.prod(s)) for layer in self.layers for s in layer.param_shapes().values())
+        self.flat_params = np.zeros(total, dtype=self.dtype)
+        self.flat_grads = np.zeros(total, dtype=self.dtype)
+        self.param_slices = []
+        off = 0
+        for li, layer in enumerate(self.layers):
+            params, grads = {}, {}
+            for name, shape in layer.param_shapes().items():
+                size = int(np.prod(shape))
+                sl = slice(off, off + size)
+                params[name] = self.flat_params[sl].reshape(shape)
+                grads[name] = self.flat_grads[sl].reshape(shape)
+                self.param_slices.append((li, name, sl))
+                off += size
+            layer._bind(params, grads)
+
+    def _set_fusion(self, on):
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                layer._act = 0
+            if isinstance(layer, Activation):
+                layer._fused = False
+        if not on:
+            return
+        for prev, layer in zip(self.layers, self.layers[1:]):
+            if isinstance(prev, Dense) and isinstance(layer, Activation):
+                prev._act = layer.code
+                layer._fused = True
+
+    @property
+    def n_params(self):
+        """Total number of scalar parameters."""
+        return self.flat_params.size
+
+    def get_params(self):
+        """A copy of the flat parameter vector."""
+        return self.flat_params.copy()
+
+    def set_params(self, flat):
+        """Load a flat parameter vector (as returned by :meth:`get_params`)."""
+        flat = np.asarray(flat)
+        if flat.shape != self.flat_params.shape:
+            raise ValueError(f"flat parameters must have shape {self.flat_params.shape}, got {flat.shape}")
+        self.flat_params[...] = flat
+
+    # -- computation ----------------------------------------------------------------
+    def forward(self, x):
+        """Training forward pass.
+
+        Parameters
+        ----------
+        x : ndarray (batch, *input_shape), the model's dtype, C-contiguous
+
+        Returns
+        -------
+        ndarray (batch, *output_shape)
+            A view of the last layer's output buffer.
+        """
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x must have dtype {self.dtype} (the model's dtype), got {x.dtype}; "
+                            f"convert once with x.astype(np.{self.dtype})")
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"x must have a non-empty leading batch axis, got shape {x.shape}")
+        if not x.flags.c_contiguous:
+            raise ValueError("x must be C-contiguous (use numpy.ascontiguousarray)")
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        """Backward pass after :meth:`forward`.
+
+        Parameters
+        ----------
+        dy : ndarray, shape of the last forward output
+            dL/d(output), for example ``loss.backward()``.
+        need_input_grad : bool, default True
+            If False, the first layer skips computing dL/dx (saves a matrix
+            product) and None is returned.
+
+        Returns
+        -------
+        ndarray (batch, *input_shape) or None
+            dL/dx, a view of an internal buffer.  Every layer's ``grads`` (and
+            so :attr:`flat_grads`) are overwritten.
+        """
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            layer = self.layers[i]
+            if i == 0:
+                return layer.backward(dy, need_dx=need_input_grad)
+            # (a fused activation still applies its derivative here: only the
+            # forward pass is fused into the Dense kernel)
+            dy = layer.backward(dy, need_dx=True)
+        return dy
+
+    def predict(self, x, batch_size=1024):
+        """Inference on any number of rows, in chunks of ``batch_size``.
+
+        Parameters
+        ----------
+        x : array_like (n, *input_shape)
+            Converted to the model's dtype if needed.
+
+        Returns
+        -------
+        ndarray (n, *output_shape), a new array.
+        """
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.ndim < 2:
+            raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")
+        n = x.shape[0]
+        out = None
+        for s in range(0, n, batch_size):
+            y = self.forward(x[s:s + batch_size])
+            if out is None:
+                out = np.empty((n,) + y.shape[1:], dtype=self.dtype)
+            out[s:s + y.shape[0]] = y
+        if out is None:
+            raise ValueError("x has no rows")
+        return out
+
+    def buffer_bytes(self):
+        """Bytes held by parameters, gradients and every layer's buffers."""
+        return self.flat_params.nbytes + self.flat_grads.nbytes + sum(layer.buffer_bytes() for layer in self.layers)
+
+    def __repr__(self):
+        inner = ",\n    ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([\n    {inner}\n])  # {self.n_params} parameters, {self.dtype.name}"

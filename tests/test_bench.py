@@ -1,0 +1,67 @@
+"""Tests for ``python -m jitprop.bench`` (the side-by-side benchmark command)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from jitprop import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_step_flops_counts_three_matmuls_per_layer_two_for_first():
+    spec = bench.WORKLOADS["mlp-wide"]
+    b = 512
+    expected = (2 * 2 * b * 1024 * 2048      # first layer: forward + dW (no dx)
+                + 3 * 2 * b * 2048 * 2048    # forward, dW, dx
+                + 3 * 2 * b * 2048 * 10)
+    assert bench.train_step_flops(spec) == expected
+    assert bench.train_step_flops(bench.WORKLOADS["lstm-small"]) is None
+
+
+def test_synthetic_data_is_deterministic_and_well_formed():
+    spec = bench.WORKLOADS["mlp-small"]
+    a, b = bench.make_data(spec), bench.make_data(spec)
+    assert len(a["X"]) == spec["n_batches"]
+    for xa, xb, ya, yb in zip(a["X"], b["X"], a["Y"], b["Y"]):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+        assert xa.dtype == np.float32 and xa.flags.c_contiguous and xa.shape == (64, 784)
+        assert ya.dtype == np.int64 and ya.shape == (64,)
+        assert ya.min() >= 0 and ya.max() < 10
+    spec = bench.WORKLOADS["lstm-small"]
+    d = bench.make_data(spec)
+    assert d["X"][0].shape == (16, 50, 16) and d["Y"][0].shape == (16, 50, 16)
+    assert d["X"][0].dtype == np.float32 and d["Y"][0].dtype == np.float32
+
+
+def test_quick_run_jitprop_only_json_output():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jitprop.bench", "--quick", "--workloads", "mlp-tiny",
+         "--threads", "1", "--seconds", "0.1", "--json", "-"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)          # with --json -, stdout holds only the JSON
+    assert "mlp-tiny" in proc.stderr        # ...and the readable table goes to stderr
+
+    meta = doc["metadata"]
+    for key in ("cpu_model", "numpy", "numba", "torch", "jax", "date", "statistic"):
+        assert key in meta
+    assert meta["numpy"] == np.__version__
+
+    rows = doc["results"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["workload"] == "mlp-tiny"
+    assert row["framework"] == "jitprop"
+    assert row["threads"] == 1
+    for key in ("samples_per_s", "first_step_s", "samples_per_s_median", "cpu_per_wall"):
+        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+    assert row["steps_per_repeat"] >= 1
+    assert row["final_loss"] is not None and math.isfinite(row["final_loss"])
+    assert "error" not in row
