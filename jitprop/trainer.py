@@ -63,6 +63,15 @@ def _as_targets(loss, y, dtype):
     return np.ascontiguousarray(y, dtype=dtype)
 
 
+def _n_outputs(model):
+    """Number of output features of the last layer that has a width, or None."""
+    for layer in reversed(model.layers):
+        for attr in ("n_out", "n_hidden"):
+            if hasattr(layer, attr):
+                return getattr(layer, attr)
+    return None
+
+
 class Trainer:
     """Runs training: epochs of shuffled minibatches, SGD steps, history.
 
@@ -125,6 +134,12 @@ class Trainer:
             raise ValueError(f"{name} has {X.shape[0]} samples but its targets have {y.shape[0]}")
         X = np.ascontiguousarray(X, dtype=self.model.dtype)
         y = _as_targets(self.loss, y, self.model.dtype)
+        if self.loss.classification:
+            n_classes = _n_outputs(self.model)
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or (n_classes is not None and hi >= n_classes):
+                raise ValueError(f"class labels of {name} must lie in [0, {n_classes}) "
+                                 f"(the model's outputs), got values in [{lo}, {hi}]")
         return X, y
 
     # -- training -------------------------------------------------------------------

@@ -415,7 +415,8 @@ def test_shape_mismatch_raises():
     ws = alloc(2, 3, 2, 4, np.float64)
     with pytest.raises(ValueError):
         L.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"],
-                       ws["h_seq"], ws["h_T"], ws["c_T"], ws["gates"][:, :2],
+                       ws["h_seq"], ws["h_T"], ws["c_T"],
+                       np.zeros((2, 2, 16)),           # T axis too short
                        ws["states"], ws["step_ws"])
     run_forward(p, ws)
     with pytest.raises(ValueError):

@@ -122,7 +122,7 @@ def dense_backward(x, W, dy, dx, dW, db):
     n, n_in, n_out = _check_dense_bwd(x, dy, dW, db)
     check_array("W", W, dtype=x.dtype, shape=(n_in, n_out))
     check_array("dx", dx, dtype=x.dtype, shape=(n, n_in), writable=True)
-    no_overlap(dx=dx, dy=dy, W=W, dW=dW, db=db)
+    no_overlap(dx=dx, x=x, dy=dy, W=W, dW=dW, db=db)
     raw.dense_backward(x, W, dy, dx, dW, db)
     return dx, dW, db
 

@@ -86,7 +86,7 @@ def _act_fwd_range(z, a, start, stop, act):
     if act == ACT_RELU:
         for i in range(start, stop):
             v = z[i]
-            a[i] = v if v > zero else zero
+            a[i] = zero if v < zero else v  # NaN passes through, as in torch.relu
     elif act == ACT_SIGMOID:
         for i in range(start, stop):
             v = z[i]
@@ -110,7 +110,7 @@ def _act_bwd_range(a, da, dz, start, stop, act):
     zero = a.dtype.type(0)
     if act == ACT_RELU:
         for i in range(start, stop):
-            dz[i] = da[i] if a[i] > zero else zero
+            dz[i] = zero if a[i] <= zero else da[i]
     elif act == ACT_SIGMOID:
         for i in range(start, stop):
             ai = a[i]
@@ -421,7 +421,9 @@ def _xent_row(z, labels, g, row_loss, i, inv_n):
         g[i, k] = e
         s += e
     y = labels[i]
-    row_loss[i] = (m + np.log(s)) - z[i, y]
+    # log(s) - (z_y - m) rather than (m + log(s)) - z_y: no cancellation of
+    # two large numbers when the logits are large
+    row_loss[i] = np.log(s) - (z[i, y] - m)
     f = inv_n / s
     for k in range(c):
         g[i, k] *= f

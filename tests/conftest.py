@@ -1,0 +1,20 @@
+import numba
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def restore_threads():
+    n = numba.get_num_threads()
+    yield
+    numba.set_num_threads(n)
+
+
+def tol(dtype):
+    """(rtol, atol) for comparing a kernel in ``dtype`` with a float64 reference."""
+    return (1e-5, 1e-6) if np.dtype(dtype) == np.float32 else (1e-12, 1e-13)

@@ -1,0 +1,118 @@
+"""Trainer: training actually learns, history, progress, reproducibility, errors."""
+
+import io
+
+import numpy as np
+import pytest
+
+import jitprop as jp
+
+
+def make_model(dtype=np.float32, seed=0):
+    return jp.Sequential([jp.Dense(4, 16, dtype=dtype, seed=seed), jp.Tanh(), jp.Dense(16, 3, dtype=dtype, seed=seed + 1)])
+
+
+def blobs(rng, n=300):
+    centers = np.array([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]], float)
+    y = rng.integers(0, 3, n)
+    X = centers[y] + 0.5 * rng.standard_normal((n, 4))
+    return X, y
+
+
+def test_fit_learns_and_records_history(rng):
+    X, y = blobs(rng)
+    model = make_model()
+    trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.1, momentum=0.9))
+    before = trainer.evaluate(X, y)
+    hist = trainer.fit(X, y, epochs=15, batch_size=32, validation_data=(X, y), progress=False)
+    assert set(hist) == {"loss", "val_loss", "val_accuracy", "samples_per_s", "time"}
+    assert all(len(v) == 15 for v in hist.values())
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    after = trainer.evaluate(X, y)
+    assert after["accuracy"] > 0.95 > before["accuracy"]
+    assert after["loss"] == pytest.approx(hist["val_loss"][-1])
+    assert all(s > 0 for s in hist["samples_per_s"])
+
+
+def test_fit_epoch_loss_is_mean_over_samples(rng):
+    """With lr=0 the parameters never move, so the epoch loss must equal evaluate()."""
+    X, y = blobs(rng, 103)  # 103 = 3 full batches of 32 + a short one of 7
+    model = make_model(np.float64)
+    trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.0))
+    hist = trainer.fit(X, y, epochs=2, batch_size=32, progress=False)
+    ev = trainer.evaluate(X, y)
+    assert hist["loss"][0] == pytest.approx(ev["loss"], rel=1e-12)
+
+
+def test_regression_with_mse(rng):
+    X = rng.uniform(-1, 1, (400, 4))
+    t = np.stack([np.sin(X[:, 0]) + X[:, 1] * X[:, 2], X[:, 3] ** 2, X.sum(1)], axis=1)
+    model = make_model(np.float64)
+    trainer = jp.Trainer(model, jp.MSELoss(), jp.SGD(model, lr=0.05, momentum=0.9))
+    hist = trainer.fit(X, t, epochs=60, batch_size=20, progress=False)
+    assert hist["loss"][-1] < 0.1 * hist["loss"][0]
+    assert "val_accuracy" not in hist and "accuracy" not in trainer.evaluate(X, t)
+
+
+def test_same_seed_same_parameters(rng):
+    X, y = blobs(rng)
+    finals = []
+    for _ in range(2):
+        model = make_model(seed=4)
+        trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.05, momentum=0.9))
+        trainer.fit(X, y, epochs=3, batch_size=16, seed=11, progress=False)
+        finals.append(model.get_params())
+    np.testing.assert_array_equal(finals[0], finals[1])
+
+
+def test_train_step_equals_manual_step(rng):
+    X, y = blobs(rng, 16)
+    X = X.astype(np.float64)
+    m1, m2 = make_model(np.float64), make_model(np.float64)
+    t1 = jp.Trainer(m1, jp.SoftmaxCrossEntropy(), jp.SGD(m1, lr=0.1))
+    loss2, opt2 = jp.SoftmaxCrossEntropy(), jp.SGD(m2, lr=0.1)
+    v1 = t1.train_step(X, y)
+    v2 = loss2.forward(m2.forward(X), y)
+    m2.backward(loss2.backward())
+    opt2.step()
+    assert v1 == v2
+    np.testing.assert_array_equal(m1.flat_params, m2.flat_params)
+
+
+def test_progress_bar_writes_lines():
+    buf = io.StringIO()
+    bar = jp.Progress(10, desc="epoch 1/1", stream=buf)
+    for k in range(10):
+        bar.update(k + 1, "loss 1.0")
+    bar.close("loss 0.5 123 samples/s")
+    out = buf.getvalue()
+    assert "epoch 1/1" in out and "100.0%" in out and "samples/s" in out
+
+
+def test_fit_progress_goes_to_stderr(rng, capsys):
+    X, y = blobs(rng, 40)
+    model = make_model()
+    jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model)).fit(X, y, epochs=2, batch_size=8)
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err and "samples/s" in err
+
+
+def test_fit_rejects_bad_input(rng):
+    X, y = blobs(rng, 20)
+    model = make_model()
+    tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model))
+    with pytest.raises(ValueError, match="20 samples but its targets have 19"):
+        tr.fit(X, y[:-1], progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        tr.fit(X[:0], y[:0], progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        tr.fit(X, y, batch_size=0, progress=False)
+    with pytest.raises(TypeError, match="integer class labels"):
+        tr.fit(X, y + 0.5, progress=False)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        tr.fit(X, y + 3, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        tr.fit(X, y, epoch=3)
+    other = make_model()
+    with pytest.raises(ValueError, match="different model"):
+        jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(other))
