@@ -7,6 +7,7 @@ compiled kernels alone are in :mod:`jitprop.kernels`.
 """
 
 from ._threads import get_num_threads, set_num_threads, threading_layer
+from .checkpoint import CheckpointError, load
 from .gradcheck import gradcheck, numerical_gradient, relative_error
 from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
@@ -23,5 +24,5 @@ __all__ = [
     "Sequential", "SGD", "Trainer", "Progress",
     "gradcheck", "numerical_gradient", "relative_error",
     "set_num_threads", "get_num_threads", "threading_layer",
-    "kernels",
+    "kernels", "load", "CheckpointError",
 ]

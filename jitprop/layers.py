@@ -83,6 +83,15 @@ class Layer:
         internal buffer), or None when ``need_dx`` is False."""
         raise NotImplementedError
 
+    def get_config(self):
+        """Constructor arguments as a JSON-able dict (for checkpoints)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """Build a layer from :meth:`get_config`'s output."""
+        return cls(**config)
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -173,6 +182,9 @@ class Dense(Layer):
         dx = self._buffer("dx", (n, self.n_in), self.dtype)
         K.dense_backward(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
         return dx.reshape(self._lead + (self.n_in,))
+
+    def get_config(self):
+        return {"n_in": self.n_in, "n_out": self.n_out, "dtype": self.dtype.name}
 
     def __repr__(self):
         return f"Dense({self.n_in}, {self.n_out}, dtype={self.dtype.name})"

@@ -57,6 +57,7 @@ class Sequential:
         for layer in layers:
             if not layer.params:
                 layer.dtype = self.dtype
+        self._outputs = [None] * len(layers)
         self._pack()
         self._fuse = bool(fuse)
         self._set_fusion(self._fuse)
@@ -130,8 +131,10 @@ class Sequential:
             raise ValueError(f"x must have a non-empty leading batch axis, got shape {x.shape}")
         if not x.flags.c_contiguous:
             raise ValueError("x must be C-contiguous (use numpy.ascontiguousarray)")
-        for layer in self.layers:
+        outs = self._outputs
+        for i, layer in enumerate(self.layers):
             x = layer.forward(x)
+            outs[i] = x  # kept for diagnostics (which layer first went non-finite)
         return x
 
     def backward(self, dy, need_input_grad=True):

@@ -56,13 +56,30 @@ class SGD:
         self.last_grad_norm = None
         self.steps = 0
 
-    def step(self):
-        """Update the parameters from the current gradients.  Returns the
-        gradient norm before clipping when ``clip_norm`` is set, else None."""
+    def step(self, grad_norm=None):
+        """Update the parameters from the current gradients.
+
+        Parameters
+        ----------
+        grad_norm : float, optional
+            The global gradient norm if the caller already computed it (saves
+            a pass over the gradients when clipping).
+
+        Returns
+        -------
+        float or None
+            The gradient norm before clipping when ``clip_norm`` is set.
+        """
         m = self.model
         norm = None
         if self.clip_norm is not None:
-            norm = K.clip_grad_norm(m.flat_grads, self.clip_norm)
+            if grad_norm is None:
+                norm = K.clip_grad_norm(m.flat_grads, self.clip_norm)
+            else:
+                norm = grad_norm
+                coef = self.clip_norm / (norm + 1e-6)
+                if coef < 1.0:
+                    K.scale_inplace(m.flat_grads, coef)
             self.last_grad_norm = norm
         K.sgd_step(m.flat_params, m.flat_grads, self.velocity, self.lr, self.momentum,
                    self.weight_decay, self.nesterov)

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from .kernels import raw as K
 from .losses import Loss
 from .model import Sequential
 from .optim import SGD
@@ -113,7 +114,8 @@ class Trainer:
         Returns
         -------
         float
-            The loss before the update.
+            The loss before the update.  No finiteness check is made here;
+            :meth:`fit` checks (see its ``on_nonfinite``).
         """
         model = self.model
         pred = model.forward(x)
@@ -121,6 +123,41 @@ class Trainer:
         model.backward(self.loss.backward(), need_input_grad=False)
         self.optimizer.step()
         return value
+
+    def _checked_step(self, x, y, epoch, step, policy):
+        """train_step that refuses to apply a non-finite update.
+
+        Returns the loss, or None when the step was skipped."""
+        model = self.model
+        pred = model.forward(x)
+        value = self.loss.forward(pred, y)
+        model.backward(self.loss.backward(), need_input_grad=False)
+        gsq = K.sum_squares(model.flat_grads)
+        if not (math.isfinite(value) and math.isfinite(gsq)):
+            if policy == "skip":
+                return None
+            raise FloatingPointError(self._nonfinite_message(value, epoch, step))
+        self.optimizer.step(grad_norm=math.sqrt(gsq))
+        return value
+
+    def _nonfinite_message(self, value, epoch, step):
+        model = self.model
+        where = []
+        for li, layer in enumerate(model.layers):
+            out = getattr(model, "_outputs", [None] * len(model.layers))[li]
+            if out is not None and not np.all(np.isfinite(out)):
+                where.append(f"the output of layer {li} ({layer!r})")
+                break
+        for li, layer in enumerate(model.layers):
+            bad = [k for k, g in layer.grads.items() if not np.all(np.isfinite(g))]
+            if bad:
+                where.append(f"the gradient of layer {li} ({layer!r}) {', '.join(bad)}")
+                break
+        return (f"non-finite {'loss' if not math.isfinite(value) else 'gradient'} at epoch {epoch + 1}, "
+                f"step {step + 1} (loss = {value}); first non-finite values in "
+                f"{' and '.join(where) if where else 'the loss'}. The update was not applied: the model "
+                f"holds the parameters of the last finite step. Lower the learning rate, clip gradients "
+                f"(SGD(clip_norm=...)), or pass on_nonfinite='skip' to skip such steps.")
 
     # -- data checks ----------------------------------------------------------------
     def _prepare(self, X, y, name="X"):
@@ -130,8 +167,11 @@ class Trainer:
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty (0 samples)")
         y = np.asarray(y)
-        if y.shape[0] != X.shape[0]:
-            raise ValueError(f"{name} has {X.shape[0]} samples but its targets have {y.shape[0]}")
+        if y.ndim == 0 or y.shape[0] != X.shape[0]:
+            raise ValueError(f"{name} has {X.shape[0]} samples but its targets have "
+                             f"{y.shape[0] if y.ndim else 'none (a scalar)'}")
+        if X.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
         X = np.ascontiguousarray(X, dtype=self.model.dtype)
         y = _as_targets(self.loss, y, self.model.dtype)
         if self.loss.classification:
@@ -142,9 +182,18 @@ class Trainer:
                                  f"(the model's outputs), got values in [{lo}, {hi}]")
         return X, y
 
+    # -- checkpoints ----------------------------------------------------------------
+    def save(self, path):
+        """Write model, optimizer state, history and the training position to
+        ``path`` (atomic; see :mod:`jitprop.checkpoint` for the format)."""
+        from . import checkpoint
+
+        return checkpoint.save(self, path, getattr(self, "_state", None))
+
     # -- training -------------------------------------------------------------------
     def fit(self, X, y, epochs=10, batch_size=64, shuffle=True, seed=0, validation_data=None,
-            progress=True):
+            progress=True, track_gradients=False, on_nonfinite="raise", checkpoint=None,
+            checkpoint_every=None, resume=False, callback=None):
         """Train the model.
 
         Parameters
@@ -155,16 +204,42 @@ class Trainer:
             Targets: integer labels ``(n_samples,)`` for SoftmaxCrossEntropy,
             arrays shaped like the model output for MSELoss.
         epochs : int
+            Total number of epochs (when resuming, including those done).
         batch_size : int
             Rows per step; the last batch of an epoch may be shorter.
         shuffle : bool
             Reshuffle the samples every epoch.
         seed : int or None
-            Seed of the shuffling RNG.
+            Seed of the shuffling RNG.  Same seed, same data, same thread
+            count: bit-identical parameters.
         validation_data : (X_val, y_val) or None
             Evaluated after every epoch.
         progress : bool
             Show a progress bar with loss and samples/s on stderr.
+        track_gradients : bool
+            Record per-layer gradient norms (mean over the epoch's steps) and
+            parameter norms (at the end of each epoch), computed by a compiled
+            kernel, in ``history["grad_norms"]`` and ``history["param_norms"]``
+            (lists of per-layer lists; layers without parameters are left out,
+            ``history["norm_layers"]`` names the layers).
+        on_nonfinite : {"raise", "skip", "ignore"}
+            A NaN or inf in the loss or gradients: "raise" stops with
+            ``FloatingPointError`` naming the epoch, step and first layer where
+            it appeared, leaving the last finite parameters; "skip" drops that
+            step's update (counted in ``history["skipped_steps"]``); "ignore"
+            does no check (slightly faster).
+        checkpoint : str or path, optional
+            File to save the training state to (atomically): at the end of
+            every epoch, and every ``checkpoint_every`` steps if given.
+        checkpoint_every : int, optional
+            Steps between checkpoints within an epoch.
+        resume : bool
+            Continue from the training position stored in this trainer (as
+            loaded by :func:`jitprop.load`): same epoch, step, sample order
+            and RNG state, so the result is bit-identical to an uninterrupted
+            run.
+        callback : callable, optional
+            ``callback(trainer, epoch, step, loss)`` after every step.
 
         Returns
         -------
@@ -173,10 +248,16 @@ class Trainer:
             ``"time"`` (seconds), and with validation data ``"val_loss"`` and,
             for classification, ``"val_accuracy"``.
         """
-        if epochs is None or int(epochs) != epochs or epochs < 0:
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if batch_size is None or int(batch_size) != batch_size or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if on_nonfinite not in ("raise", "skip", "ignore"):
+            raise ValueError(f"on_nonfinite must be 'raise', 'skip' or 'ignore', got {on_nonfinite!r}")
+        if checkpoint_every is not None and (int(checkpoint_every) != checkpoint_every or checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+        if checkpoint_every is not None and checkpoint is None:
+            raise ValueError("checkpoint_every needs checkpoint=path")
         X, y = self._prepare(X, y)
         if validation_data is not None:
             if len(validation_data) != 2:
@@ -184,25 +265,60 @@ class Trainer:
             Xv, yv = self._prepare(*validation_data, name="X_val")
         n = X.shape[0]
         bs = int(min(batch_size, n))
+        steps = math.ceil(n / bs)
         rng = np.random.default_rng(seed)
-        order = np.arange(n)
+        order = np.arange(n, dtype=np.int64)
+        start_epoch, start_step, total = 0, 0, 0.0
+        hist = None
+        if resume:
+            st = getattr(self, "_resume_state", None)
+            if st is None:
+                raise ValueError("resume=True but this trainer has no saved training state "
+                                 "(load one with jitprop.load(path))")
+            if st["n"] != n or st["batch_size"] != bs:
+                raise ValueError(f"cannot resume: the checkpoint was made with {st['n']} samples and batch size "
+                                 f"{st['batch_size']}, got {n} and {bs}")
+            rng.bit_generator.state = st["rng"]
+            start_epoch, start_step, total = st["epoch"], st["step"], st["total"]
+            order = np.array(st["order"], dtype=np.int64)
+            if order.shape != (n,):
+                raise ValueError("cannot resume: the checkpoint's sample order does not match the data")
+            hist = self.history
+        if hist is None:
+            hist = {"loss": [], "samples_per_s": [], "time": []}
+            if validation_data is not None:
+                hist["val_loss"] = []
+                if self.loss.classification:
+                    hist["val_accuracy"] = []
+            if on_nonfinite == "skip":
+                hist["skipped_steps"] = []
+        self.history = hist
+        # gradient-norm tracking: one segment per layer that has parameters
+        if track_gradients:
+            seg_layers = [li for li, layer in enumerate(self.model.layers) if layer.params]
+            offsets = np.zeros(len(seg_layers) + 1, np.int64)
+            for j, li in enumerate(seg_layers):
+                sizes = [sl.stop - sl.start for (l2, _, sl) in self.model.param_slices if l2 == li]
+                first = min(sl.start for (l2, _, sl) in self.model.param_slices if l2 == li)
+                offsets[j] = first
+                offsets[j + 1] = first + sum(sizes)
+            gnorm = np.empty(len(seg_layers))
+            gsum = np.zeros(len(seg_layers))
+            hist.setdefault("grad_norms", [])
+            hist.setdefault("param_norms", [])
+            hist["norm_layers"] = [f"{li}:{self.model.layers[li]!r}" for li in seg_layers]
         # batch buffers, allocated once; np.take writes into their leading rows
         xb = np.empty((bs,) + X.shape[1:], X.dtype)
         yb = np.empty((bs,) + y.shape[1:], y.dtype)
-        steps = math.ceil(n / bs)
-        hist = {"loss": [], "samples_per_s": [], "time": []}
-        if validation_data is not None:
-            hist["val_loss"] = []
-            if self.loss.classification:
-                hist["val_accuracy"] = []
-        self.history = hist
-        for epoch in range(int(epochs)):
-            if shuffle:
+        for epoch in range(start_epoch, int(epochs)):
+            if shuffle and start_step == 0:
                 rng.shuffle(order)
             bar = Progress(steps, desc=f"epoch {epoch + 1}/{epochs}") if progress else None
             t0 = time.perf_counter()
-            total = 0.0
-            for k in range(steps):
+            skipped = 0
+            if track_gradients:
+                gsum[:] = 0.0
+            for k in range(start_step, steps):
                 s = k * bs
                 idx = order[s:s + bs]
                 m = idx.shape[0]
@@ -212,15 +328,45 @@ class Trainer:
                     xk, yk = xb[:m], yb[:m]
                 np.take(X, idx, axis=0, out=xk)
                 np.take(y, idx, axis=0, out=yk)
-                total += self.train_step(xk, yk) * m
+                if on_nonfinite == "ignore":
+                    value = self.train_step(xk, yk)
+                else:
+                    value = self._checked_step(xk, yk, epoch, k, on_nonfinite)
+                if value is None:
+                    skipped += 1
+                else:
+                    total += value * m
+                if track_gradients:
+                    K.segment_norms(self.model.flat_grads, offsets, gnorm)
+                    gsum += gnorm
+                if callback is not None:
+                    callback(self, epoch, k, value)
+                if checkpoint is not None and checkpoint_every is not None and (k + 1) % checkpoint_every == 0 \
+                        and k + 1 < steps:
+                    self._state = dict(n=n, batch_size=bs, epoch=epoch, step=k + 1, total=total,
+                                       rng=rng.bit_generator.state, order=order)
+                    self.save(checkpoint)
                 if bar is not None:
                     el = time.perf_counter() - t0
-                    bar.update(k + 1, f"loss {total / (s + m):.4f} {(s + m) / max(el, 1e-9):,.0f} samples/s")
+                    done = (k + 1 - start_step) * bs
+                    bar.update(k + 1, f"loss {total / min(s + m, n):.4f} {done / max(el, 1e-9):,.0f} samples/s")
             dt = time.perf_counter() - t0
+            done = n - start_step * bs
+            start_step = 0
             hist["loss"].append(total / n)
-            hist["samples_per_s"].append(n / dt if dt > 0 else float("inf"))
+            hist["samples_per_s"].append(done / dt if dt > 0 else float("inf"))
             hist["time"].append(dt)
-            info = f"loss {total / n:.4f} {n / max(dt, 1e-9):,.0f} samples/s"
+            total = 0.0
+            info = f"loss {hist['loss'][-1]:.4f} {done / max(dt, 1e-9):,.0f} samples/s"
+            if "skipped_steps" in hist:
+                hist["skipped_steps"].append(skipped)
+                if skipped:
+                    info += f" skipped {skipped} non-finite steps"
+            if track_gradients:
+                hist["grad_norms"].append((gsum / steps).tolist())
+                pn = np.empty(len(seg_layers))
+                K.segment_norms(self.model.flat_params, offsets, pn)
+                hist["param_norms"].append(pn.tolist())
             if validation_data is not None:
                 ev = self.evaluate(Xv, yv)
                 hist["val_loss"].append(ev["loss"])
@@ -230,6 +376,11 @@ class Trainer:
                     info += f" val_acc {ev['accuracy']:.4f}"
             if bar is not None:
                 bar.close(info)
+            if checkpoint is not None:
+                    # the order is kept: the next epoch's shuffle permutes it in place
+                self._state = dict(n=n, batch_size=bs, epoch=epoch + 1, step=0, total=0.0,
+                                   rng=rng.bit_generator.state, order=order)
+                self.save(checkpoint)
         return hist
 
     def evaluate(self, X, y, batch_size=1024):

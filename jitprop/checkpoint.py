@@ -1,0 +1,181 @@
+"""Checkpoints: a portable ``.npz`` file with a JSON header, written atomically.
+
+File format (version 1), an uncompressed NumPy ``.npz`` archive with members:
+
+``header``
+    0-d unicode array holding JSON: ``{"format": "jitprop-checkpoint",
+    "version": 1, "dtype": ..., "layers": [{"type": "Dense", "config":
+    {...}}, ...], "loss": "MSELoss", "optimizer": {hyper-parameters, steps},
+    "state": {epoch, step, rng state, running totals, ...} or null,
+    "history": {...}, "params_sha256": ...}``.
+``params``
+    the model's flat parameter vector.
+``velocity``
+    the optimizer's momentum buffer.
+``order``
+    the sample order of the epoch in progress (empty when none).
+
+No Python objects are pickled: loading never executes code from the file.
+A write goes to a temporary file in the same directory, is flushed and
+fsync'ed, then renamed over the target, so a crash mid-write leaves either
+the old checkpoint or the new one, never a half-written file.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save", "load", "CheckpointError"]
+
+FORMAT = "jitprop-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing pieces, corrupt, or of an unknown format."""
+
+
+def _layer_types():
+    from . import layers
+
+    types = {c.__name__: c for c in (layers.Dense, layers.ReLU, layers.Sigmoid, layers.Tanh)}
+    try:
+        from .lstm import LSTM
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        types["LSTM"] = LSTM
+    return types
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def save(trainer, path, state=None):
+    """Write ``trainer`` (model, loss type, optimizer state, training state) to
+    ``path`` atomically.  ``state`` is the Trainer's resume state (or None)."""
+    model, opt = trainer.model, trainer.optimizer
+    layers = []
+    for layer in model.layers:
+        if not hasattr(layer, "get_config"):
+            raise TypeError(f"layer {layer!r} cannot be saved (no get_config)")
+        layers.append({"type": type(layer).__name__, "config": layer.get_config()})
+    state = dict(state) if state else None
+    order = np.zeros(0, np.int64)
+    if state is not None and state.get("order") is not None:
+        order = np.asarray(state.pop("order"), dtype=np.int64)
+    params = model.flat_params
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": model.dtype.name,
+        "layers": layers,
+        "fuse": model._fuse,
+        "loss": type(trainer.loss).__name__,
+        "optimizer": {k: v for k, v in opt.state_dict().items() if k != "velocity"},
+        "state": _jsonable(state),
+        "history": _jsonable(trainer.history),
+        "params_sha256": hashlib.sha256(params.tobytes()).hexdigest(),
+    }
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, header=np.array(json.dumps(header)), params=params,
+                     velocity=opt.velocity, order=order)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+    return path
+
+
+def read(path):
+    """Read and verify a checkpoint; returns (header dict, arrays dict)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path!r} is not a readable jitprop checkpoint (corrupt or truncated): {e}") from e
+    for key in ("header", "params", "velocity", "order"):
+        if key not in arrays:
+            raise CheckpointError(f"{path!r} is missing {key!r}: not a jitprop checkpoint")
+    try:
+        header = json.loads(str(arrays.pop("header")))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path!r} has a corrupt header: {e}") from e
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path!r} is not a jitprop checkpoint")
+    if header.get("version") != VERSION:
+        raise CheckpointError(f"{path!r} has format version {header.get('version')}, this jitprop reads {VERSION}")
+    if hashlib.sha256(arrays["params"].tobytes()).hexdigest() != header.get("params_sha256"):
+        raise CheckpointError(f"{path!r}: parameters do not match their checksum (corrupt file)")
+    return header, arrays
+
+
+def load(path):
+    """Rebuild a :class:`~jitprop.Trainer` (model, loss, SGD with its momentum,
+    training state for ``fit(..., resume=True)``) from a checkpoint."""
+    from . import losses
+    from .model import Sequential
+    from .optim import SGD
+    from .trainer import Trainer
+
+    header, arrays = read(path)
+    types = _layer_types()
+    built = []
+    for spec in header["layers"]:
+        cls = types.get(spec["type"])
+        if cls is None:
+            raise CheckpointError(f"unknown layer type {spec['type']!r} in {path!r}")
+        built.append(cls.from_config(spec["config"]))
+    model = Sequential(built, fuse=header.get("fuse", True))
+    if model.flat_params.shape != arrays["params"].shape or model.dtype.name != header["dtype"]:
+        raise CheckpointError(f"{path!r}: parameter vector does not fit the stored architecture")
+    model.set_params(arrays["params"])
+    loss_cls = {"MSELoss": losses.MSELoss, "SoftmaxCrossEntropy": losses.SoftmaxCrossEntropy}.get(header["loss"])
+    if loss_cls is None:
+        raise CheckpointError(f"unknown loss {header['loss']!r} in {path!r}")
+    o = header["optimizer"]
+    opt = SGD(model, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+              nesterov=o["nesterov"], clip_norm=o["clip_norm"])
+    opt.load_state_dict(dict(o, velocity=arrays["velocity"]))
+    trainer = Trainer(model, loss_cls(), opt)
+    trainer.history = header.get("history")
+    state = header.get("state")
+    if state is not None:
+        state["order"] = arrays["order"].astype(np.int64)
+    trainer._resume_state = state
+    return trainer

@@ -1,0 +1,200 @@
+"""Divergence handling, checkpoints with exact resume, gradient tracking."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import jitprop as jp
+
+
+def blobs(n=240, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = np.eye(3, 5)[y] * 2 + 0.5 * rng.standard_normal((n, 5))
+    return X, y
+
+
+def make(seed=0, lr=0.05, momentum=0.9, clip_norm=None, dtype=np.float32):
+    model = jp.Sequential([jp.Dense(5, 8, dtype=dtype, seed=seed), jp.ReLU(), jp.Dense(8, 3, dtype=dtype, seed=seed + 1)])
+    return jp.Trainer(model, jp.SoftmaxCrossEntropy(),
+                      jp.SGD(model, lr=lr, momentum=momentum, clip_norm=clip_norm))
+
+
+# ----------------------------------------------------------------------------- divergence
+def test_nan_stops_with_clear_error_and_keeps_last_finite_params():
+    X, y = blobs(64)
+    X[37, 2] = np.nan  # one bad sample
+    tr = make()
+    seen = []
+    with pytest.raises(FloatingPointError) as err:
+        tr.fit(X, y, epochs=3, batch_size=8, shuffle=False, progress=False,
+               callback=lambda t, e, k, v: seen.append(t.model.get_params()))
+    msg = str(err.value)
+    assert "epoch 1, step 5" in msg  # sample 37 is in the 5th batch of 8
+    assert "layer 0" in msg and "last finite" in msg
+    params = tr.model.get_params()
+    assert np.all(np.isfinite(params))
+    np.testing.assert_array_equal(params, seen[-1])  # unchanged since the last good step
+
+
+def test_nan_steps_can_be_skipped():
+    X, y = blobs(64)
+    X[37, 2] = np.inf
+    tr = make()
+    hist = tr.fit(X, y, epochs=2, batch_size=8, shuffle=False, progress=False, on_nonfinite="skip")
+    assert hist["skipped_steps"] == [1, 1]
+    assert np.all(np.isfinite(tr.model.get_params()))
+    assert np.isfinite(hist["loss"]).all()
+
+
+def test_exploding_lr_is_caught():
+    X, y = blobs(64)
+    X *= 1e3
+    tr = make(lr=1e6, momentum=0.0)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        tr.fit(X, y, epochs=20, batch_size=8, progress=False)
+    assert np.all(np.isfinite(tr.model.get_params()))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_roundtrip(tmp_path):
+    X, y = blobs()
+    tr = make(clip_norm=5.0)
+    tr.fit(X, y, epochs=2, batch_size=16, progress=False)
+    path = tmp_path / "ck.npz"
+    tr.save(path)
+    tr2 = jp.load(path)
+    np.testing.assert_array_equal(tr2.model.get_params(), tr.model.get_params())
+    np.testing.assert_array_equal(tr2.optimizer.velocity, tr.optimizer.velocity)
+    assert repr(tr2.optimizer) == repr(tr.optimizer)
+    assert [repr(layer) for layer in tr2.model.layers] == [repr(layer) for layer in tr.model.layers]
+    assert tr2.history["loss"] == tr.history["loss"]
+    np.testing.assert_array_equal(tr2.model.predict(X), tr.model.predict(X))
+
+
+def test_corrupt_or_truncated_checkpoint_raises(tmp_path):
+    X, y = blobs()
+    tr = make()
+    tr.fit(X, y, epochs=1, batch_size=16, progress=False)
+    path = tmp_path / "ck.npz"
+    tr.save(path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(jp.CheckpointError, match="corrupt or truncated"):
+        jp.load(tmp_path / "trunc.npz")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    (tmp_path / "flip.npz").write_bytes(bytes(flipped))
+    with pytest.raises(jp.CheckpointError):
+        jp.load(tmp_path / "flip.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(jp.CheckpointError, match="missing"):
+        jp.load(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError):
+        jp.load(tmp_path / "nope.npz")
+
+
+def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    X, y = blobs()
+    tr = make()
+    tr.fit(X, y, epochs=1, batch_size=16, progress=False)
+    path = tmp_path / "ck.npz"
+    tr.save(path)
+    good = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt("simulated crash during write")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good  # the old checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]  # no temporary left behind
+
+
+def test_resume_in_process_is_bit_identical(tmp_path):
+    X, y = blobs(250)
+    ref = make(seed=3, clip_norm=1.0)
+    ref.fit(X, y, epochs=4, batch_size=16, seed=9, progress=False)
+
+    path = tmp_path / "ck.npz"
+    stop = {}
+
+    def interrupt(t, e, k, v):
+        if e == 1 and k == 9:
+            stop["at"] = (e, k)
+            raise KeyboardInterrupt
+
+    tr = make(seed=3, clip_norm=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(X, y, epochs=4, batch_size=16, seed=9, progress=False, checkpoint=path, checkpoint_every=4,
+               callback=interrupt)
+    resumed = jp.load(path)
+    resumed.fit(X, y, epochs=4, batch_size=16, seed=9, progress=False, checkpoint=path, checkpoint_every=4,
+                resume=True)
+    np.testing.assert_array_equal(resumed.model.get_params(), ref.model.get_params())
+    np.testing.assert_array_equal(resumed.optimizer.velocity, ref.optimizer.velocity)
+    assert resumed.history["loss"] == ref.history["loss"]
+
+
+SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    import jitprop as jp
+    sys.path.insert(0, {tests!r})
+    from test_robustness import blobs, make
+    X, y = blobs(250)
+    path, mode = sys.argv[1], sys.argv[2]
+    if mode == "resume":
+        tr = jp.load(path)
+        tr.fit(X, y, epochs=3, batch_size=16, seed=5, progress=False, checkpoint=path, checkpoint_every=3,
+               resume=True)
+    else:
+        tr = make(seed=1)
+        def die(t, e, k, v):
+            if mode == "kill" and e == 1 and k == 7:
+                os.kill(os.getpid(), signal.SIGKILL)   # a hard crash: no cleanup, no finally
+        tr.fit(X, y, epochs=3, batch_size=16, seed=5, progress=False, checkpoint=path, checkpoint_every=3,
+               callback=die)
+    np.save(path + ".final.npy", tr.model.get_params())
+""")
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_bit_identically(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=str(pathlib.Path(__file__).parent)))
+    env = dict(os.environ, JITPROP_TEST="1")
+    full = str(tmp_path / "full.npz")
+    crash = str(tmp_path / "crash.npz")
+    subprocess.run([sys.executable, str(script), full, "full"], check=True, env=env, timeout=300)
+    r = subprocess.run([sys.executable, str(script), crash, "kill"], env=env, timeout=300)
+    assert r.returncode == -9  # really killed
+    assert os.path.exists(crash) and not os.path.exists(crash + ".final.npy")
+    subprocess.run([sys.executable, str(script), crash, "resume"], check=True, env=env, timeout=300)
+    np.testing.assert_array_equal(np.load(crash + ".final.npy"), np.load(full + ".final.npy"))
+
+
+# ----------------------------------------------------------------------------- diagnostics
+def test_track_gradients_records_per_layer_norms():
+    X, y = blobs(64)
+    tr = make(dtype=np.float64)
+    hist = tr.fit(X, y, epochs=2, batch_size=64, shuffle=False, progress=False, track_gradients=True)
+    assert len(hist["grad_norms"]) == 2 and len(hist["grad_norms"][0]) == 2
+    assert hist["norm_layers"] == ["0:Dense(5, 8, dtype=float64)", "2:Dense(8, 3, dtype=float64)"]
+    # one step per epoch: the recorded norm is that step's gradient norm; recompute epoch 2's by hand
+    tr2 = make(dtype=np.float64)
+    tr2.fit(X, y, epochs=1, batch_size=64, shuffle=False, progress=False)
+    tr2.loss.forward(tr2.model.forward(X.astype(np.float64)), y)
+    tr2.model.backward(tr2.loss.backward())
+    for j, li in enumerate([0, 2]):
+        g = np.concatenate([v.ravel() for v in tr2.model.layers[li].grads.values()])
+        assert hist["grad_norms"][1][j] == pytest.approx(np.linalg.norm(g), rel=1e-12)
+        p = np.concatenate([v.ravel() for v in tr.model.layers[li].params.values()])
+        assert hist["param_norms"][1][j] == pytest.approx(np.linalg.norm(p), rel=1e-12)
