@@ -1,5 +1,7 @@
 """Thread control for Numba's parallel kernels and the BLAS they call."""
 
+import warnings
+
 import numba
 
 __all__ = ["set_num_threads", "get_num_threads", "threading_layer"]
@@ -45,3 +47,23 @@ def threading_layer():
         return numba.threading_layer()
     except ValueError:
         return None
+
+
+_warned = False
+
+
+def warn_if_unsafe_layer():
+    """Warn once if Numba runs on its ``workqueue`` threading layer, which is
+    not thread-safe: calling parallel kernels from several Python threads at
+    once, or nesting parallel regions, can abort the process there.  Install
+    ``tbb`` (``pip install tbb``) or have an OpenMP runtime (libgomp) to get a
+    thread-safe layer."""
+    global _warned
+    if _warned:
+        return
+    layer = threading_layer()
+    if layer == "workqueue":
+        _warned = True
+        warnings.warn("Numba is using its 'workqueue' threading layer, which is not thread-safe: do not "
+                      "call jitprop kernels from several Python threads at once (install tbb, or an "
+                      "OpenMP runtime, for a thread-safe layer)", RuntimeWarning, stacklevel=3)

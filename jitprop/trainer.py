@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from . import _threads
 from .kernels import raw as K
 from .losses import Loss
 from .model import Sequential
@@ -265,6 +266,7 @@ class Trainer:
             Xv, yv = self._prepare(*validation_data, name="X_val")
         n = X.shape[0]
         bs = int(min(batch_size, n))
+        _threads.warn_if_unsafe_layer()
         steps = math.ceil(n / bs)
         rng = np.random.default_rng(seed)
         order = np.arange(n, dtype=np.int64)

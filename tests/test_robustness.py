@@ -198,3 +198,49 @@ def test_track_gradients_records_per_layer_norms():
         assert hist["grad_norms"][1][j] == pytest.approx(np.linalg.norm(g), rel=1e-12)
         p = np.concatenate([v.ravel() for v in tr.model.layers[li].params.values()])
         assert hist["param_norms"][1][j] == pytest.approx(np.linalg.norm(p), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- concurrency
+def test_kernels_are_safe_from_several_python_threads():
+    """Kernels release the GIL (nogil) and may run from several Python threads
+    at once on separate buffers; each thread gets exactly the serial answer."""
+    import threading
+
+    from jitprop.kernels import raw as R
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for t in range(4):
+        x = rng.standard_normal((300, 120))
+        W = rng.standard_normal((120, 200))
+        b = rng.standard_normal(200)
+        jobs.append((x, W, b))
+
+    def run(x, W, b, reps=20):
+        out = np.empty((x.shape[0], W.shape[1]))
+        dx, dW, db = np.empty_like(x), np.empty_like(W), np.empty_like(b)
+        for _ in range(reps):
+            R.dense_act_forward(x, W, b, out, R.ACT_TANH)
+            R.dense_backward(x, W, out, dx, dW, db)
+        return out, dx, dW, db
+
+    expected = [run(*j, reps=1) for j in jobs]
+    results = [None] * len(jobs)
+    errors = []
+
+    def worker(i):
+        try:
+            results[i] = run(*jobs[i])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for got, exp in zip(results, expected):
+        for g, e in zip(got, exp):
+            np.testing.assert_array_equal(g, e)
+    assert jp.threading_layer() in ("omp", "tbb", "workqueue")
