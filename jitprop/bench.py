@@ -160,6 +160,21 @@ def _make_step(framework, spec, data, threads):
 # --------------------------------------------------------------------------- #
 # Timing (runs inside a worker)
 # --------------------------------------------------------------------------- #
+def _system_busy_seconds():
+    """Busy CPU seconds of the whole machine so far (from /proc/stat; None if unavailable)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    vals = [int(v) for v in fields[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    busy = sum(vals[:8]) - idle                           # exclude guest (already in user)
+    return busy / float(os.sysconf("SC_CLK_TCK"))
+
+
 def time_steps(step, sync, seconds, repeats=3):
     """Time a training loop; see the module docstring for the protocol."""
     t0 = time.perf_counter()
@@ -187,6 +202,7 @@ def time_steps(step, sync, seconds, repeats=3):
     n_steps = max(1, int(math.ceil(seconds / per_step)))
 
     times = []
+    sys0 = _system_busy_seconds()
     cpu0, w0 = time.process_time(), time.perf_counter()
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -195,14 +211,19 @@ def time_steps(step, sync, seconds, repeats=3):
             i += 1
         sync()
         times.append(time.perf_counter() - t0)
-    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - w0)
+    wall = time.perf_counter() - w0
+    own = time.process_time() - cpu0
+    sys1 = _system_busy_seconds()
+    cpu_per_wall = own / wall
+    # CPU used by other processes on the machine while we were timing, in cores
+    other_load = None if sys0 is None or sys1 is None else max(0.0, (sys1 - sys0 - own) / wall)
     try:
         final_loss = float(last)
     except Exception:
         final_loss = None
     return {"first_step_s": first, "steps": n_steps, "times_s": times,
             "best_s": min(times), "median_s": statistics.median(times),
-            "cpu_per_wall": cpu_per_wall, "final_loss": final_loss,
+            "cpu_per_wall": cpu_per_wall, "other_load": other_load, "final_loss": final_loss,
             "warmup_steps": warm_steps}
 
 
@@ -349,14 +370,16 @@ def collect_metadata(args, peers, missing):
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": _version("numba"),
-        "jitprop": _version("jitprop"),
+        "jitprop": getattr(sys.modules.get("jitprop"), "__version__", None) or _version("jitprop"),
         "torch": _bench_peers.framework_version("torch"),
         "jax": _bench_peers.framework_version("jax"),
         "peers_compared": list(peers),
         "peers_missing": list(missing),
         "seconds_per_repeat": args.seconds,
         "repeats": args.repeats,
-        "statistic": "best of %d repeats (median also given)" % args.repeats,
+        "rounds": args.rounds,
+        "statistic": "best of %d repeats (median also given)%s" % (
+            args.repeats, ", best of %d interleaved rounds" % args.rounds if args.rounds > 1 else ""),
         "pinned_to_cpus": not args.no_pin,
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                 "XLA_FLAGS") if os.environ.get(k)},
@@ -388,7 +411,8 @@ def format_table(results, frameworks, gemm):
     if len(frameworks) > 1:
         head.append("jitprop/best")
     head.append("first step s (%s)" % "/".join(frameworks))
-    head.append("cpu/wall")
+    head.append("own cpu/wall")
+    head.append("other load")
     lines = []
     for wl, th in keys:
         cells = [wl, str(th)]
@@ -404,20 +428,24 @@ def format_table(results, frameworks, gemm):
                 cells.append("%.2fx (%s)" % (j["ratio_vs_best_peer"], j["best_peer"]))
             else:
                 cells.append("-")
-        fs, cw = [], []
+        fs, cw, ol = [], [], []
         for f in frameworks:
             r = by.get((wl, th, f)) or {}
             fs.append("%.3g" % r["first_step_s"] if r.get("first_step_s") is not None else "-")
             cw.append("%.1f" % r["cpu_per_wall"] if r.get("cpu_per_wall") is not None else "-")
+            ol.append("%.1f" % r["other_load"] if r.get("other_load") is not None else "-")
         cells.append("/".join(fs))
         cells.append("/".join(cw))
+        cells.append("/".join(ol))
         lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths))]
     out.append("  ".join("-" * w for w in widths))
     for cells in lines:
         out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
-    out.append("(samples/s = batch*steps/time, best of repeats; an LSTM sample is one sequence)")
+    out.append("(samples/s = batch*steps/time, best of repeats; an LSTM sample is one sequence; "
+               "own cpu/wall = cores the worker used while timed; other load = cores busy with "
+               "other processes meanwhile, where > 0.2 the row is disturbed)")
 
     gf_rows = [r for r in rows if r.get("gflops") is not None and r["workload"] in GFLOPS_WORKLOADS]
     if gf_rows or gemm:
@@ -459,6 +487,9 @@ def build_parser():
     p.add_argument("--seconds", type=float, default=None,
                    help="timed seconds per repeat (default 2, --quick 0.3)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole sweep this many times, interleaved, keeping each "
+                        "measurement's best round (helps on a shared, noisy machine)")
     p.add_argument("--quick", action="store_true", help="short timings (0.3 s per repeat)")
     p.add_argument("--json", default=None, metavar="PATH_OR_-",
                    help="write machine-readable results to PATH ('-' = stdout; the table then "
@@ -467,6 +498,41 @@ def build_parser():
                    help="do not pin each worker to as many CPUs as it has threads")
     p.add_argument("--timeout", type=float, default=900.0, help="per-worker timeout in seconds")
     return p
+
+
+def _measure_one(wl, fw, th, args, pin, say):
+    """Run one (workload, framework, threads) worker and turn its report into a result row."""
+    spec = WORKLOADS[wl]
+    payload = {"job": fw, "workload": wl, "seconds": args.seconds, "repeats": args.repeats}
+    r = run_worker(payload, th, pin, args.timeout)
+    row = {"workload": wl, "framework": fw, "threads": th, "batch": spec["batch"]}
+    if not r.get("ok"):
+        row.update({"samples_per_s": None, "error": r.get("error"),
+                    "traceback": r.get("traceback")})
+        say("%-10s %-8s %d thread%s: FAILED: %s" % (wl, fw, th, " " if th == 1 else "s",
+                                                    r.get("error")))
+        return row
+    steps = r["steps"]
+    row.update({
+        "samples_per_s": spec["batch"] * steps / r["best_s"],
+        "samples_per_s_median": spec["batch"] * steps / r["median_s"],
+        "first_step_s": r["first_step_s"],
+        "setup_s": r["setup_s"],
+        "steps_per_repeat": steps,
+        "times_s": r["times_s"],
+        "cpu_per_wall": r["cpu_per_wall"],
+        "other_load": r.get("other_load"),
+        "final_loss": r["final_loss"],
+        "affinity": r.get("affinity"),
+    })
+    if r["final_loss"] is not None and not math.isfinite(r["final_loss"]):
+        say("warning: %s %s %d threads: loss is not finite" % (wl, fw, th))
+    other = r.get("other_load")
+    say("%-10s %-8s %d thread%s: %10s samples/s  (first step %.3g s, cpu/wall %.2f%s)" % (
+        wl, fw, th, " " if th == 1 else "s", _fmt_rate(row["samples_per_s"]),
+        r["first_step_s"], r["cpu_per_wall"],
+        "" if other is None else ", other load %.2f cores" % other))
+    return row
 
 
 def main(argv=None):
@@ -481,6 +547,7 @@ def main(argv=None):
         threads = sorted({1, ncpu or 1})
     if any(t < 1 for t in threads):
         raise SystemExit("thread counts must be >= 1")
+    ncpu_avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     requested = _parse_list(args.vs, ("torch", "jax"), "peer") if args.vs else []
     peers = [f for f in requested if _peer_available(f)]
     missing = [f for f in requested if f not in peers]
@@ -493,60 +560,57 @@ def main(argv=None):
 
     for f in missing:
         say("note: %s is not importable; reporting without it" % f)
+    for th in threads:
+        if ncpu_avail and th > ncpu_avail:
+            say("note: %d threads > %d available CPUs: that run is oversubscribed" % (th, ncpu_avail))
 
     gemm_repeats = 3 if args.quick else 5
     need_gemm = any(w in GFLOPS_WORKLOADS for w in workloads)
-    results, gemm = [], {}
+    pin = not args.no_pin
+    best_rows, gemm_rows = {}, {}   # key -> best row over rounds
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            say("-- round %d/%d --" % (rnd + 1, args.rounds))
+        for wl in workloads:
+            spec = WORKLOADS[wl]
+            for th in threads:
+                if need_gemm and wl in GFLOPS_WORKLOADS:
+                    g = run_worker({"job": "gemm", "gemm_repeats": gemm_repeats}, th, pin,
+                                   args.timeout)
+                    if g.get("ok"):
+                        say("numpy sgemm %d thread%s: %.1f GFLOP/s" % (
+                            th, "" if th == 1 else "s", g["gflops"]))
+                        old = gemm_rows.get(th)
+                        if old is None or g["gflops"] > old["gflops"]:
+                            gemm_rows[th] = {
+                                "workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm",
+                                "threads": th, "gflops": g["gflops"], "best_s": g["best_s"],
+                                "cpu_per_wall": g["cpu_per_wall"], "blas": g.get("blas")}
+                    else:
+                        say("numpy sgemm %d threads failed: %s" % (th, g.get("error")))
+                for fw in frameworks:
+                    row = _measure_one(wl, fw, th, args, pin, say)
+                    key = (wl, th, fw)
+                    old = best_rows.get(key)
+                    rates = (old or {}).get("samples_per_s_rounds", []) + [row.get("samples_per_s")]
+                    if old is None or (row.get("samples_per_s") or 0) > (old.get("samples_per_s") or 0):
+                        best_rows[key] = row
+                    best_rows[key]["samples_per_s_rounds"] = rates
+
+    gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
+    results = []
     for wl in workloads:
-        spec = WORKLOADS[wl]
-        flops = train_step_flops(spec)
+        flops = train_step_flops(WORKLOADS[wl])
         for th in threads:
-            if need_gemm and wl in GFLOPS_WORKLOADS and th not in gemm:
-                g = run_worker({"job": "gemm", "gemm_repeats": gemm_repeats}, th,
-                               not args.no_pin, args.timeout)
-                if g.get("ok"):
-                    gemm[th] = g["gflops"]
-                    results.append({"workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm",
-                                    "threads": th, "gflops": g["gflops"],
-                                    "best_s": g["best_s"], "cpu_per_wall": g["cpu_per_wall"],
-                                    "blas": g.get("blas")})
-                    say("numpy sgemm %d threads: %.1f GFLOP/s" % (th, g["gflops"]))
-                else:
-                    say("numpy sgemm %d threads failed: %s" % (th, g.get("error")))
-            group = []
-            for fw in frameworks:
-                payload = {"job": fw, "workload": wl, "seconds": args.seconds,
-                           "repeats": args.repeats}
-                r = run_worker(payload, th, not args.no_pin, args.timeout)
-                row = {"workload": wl, "framework": fw, "threads": th, "batch": spec["batch"]}
-                if r.get("ok"):
-                    steps = r["steps"]
-                    row.update({
-                        "samples_per_s": spec["batch"] * steps / r["best_s"],
-                        "samples_per_s_median": spec["batch"] * steps / r["median_s"],
-                        "first_step_s": r["first_step_s"],
-                        "setup_s": r["setup_s"],
-                        "steps_per_repeat": steps,
-                        "times_s": r["times_s"],
-                        "cpu_per_wall": r["cpu_per_wall"],
-                        "final_loss": r["final_loss"],
-                        "affinity": r.get("affinity"),
-                    })
-                    if flops is not None:
-                        row["gflops"] = flops * steps / r["best_s"] / 1e9
-                        if th in gemm and wl in GFLOPS_WORKLOADS:
-                            row["numpy_sgemm_gflops"] = gemm[th]
-                            row["fraction_of_sgemm"] = row["gflops"] / gemm[th]
-                    if r["final_loss"] is not None and not math.isfinite(r["final_loss"]):
-                        say("warning: %s %s %d threads: loss is not finite" % (wl, fw, th))
-                    say("%-10s %-8s %d thread%s: %10s samples/s  (first step %.3g s)" % (
-                        wl, fw, th, " " if th == 1 else "s", _fmt_rate(row["samples_per_s"]),
-                        r["first_step_s"]))
-                else:
-                    row.update({"samples_per_s": None, "error": r.get("error"),
-                                "traceback": r.get("traceback")})
-                    say("%-10s %-8s %d threads: FAILED: %s" % (wl, fw, th, r.get("error")))
-                group.append(row)
+            if th in gemm_rows and wl in GFLOPS_WORKLOADS and gemm_rows[th] not in results:
+                results.append(gemm_rows[th])
+            group = [best_rows[(wl, th, fw)] for fw in frameworks]
+            for row in group:
+                if flops is not None and row.get("samples_per_s"):
+                    row["gflops"] = flops * row["samples_per_s"] / row["batch"] / 1e9
+                    if th in gemm and wl in GFLOPS_WORKLOADS:
+                        row["numpy_sgemm_gflops"] = gemm[th]
+                        row["fraction_of_sgemm"] = row["gflops"] / gemm[th]
             jp_row = group[0]
             peer_rows = [r for r in group[1:] if r.get("samples_per_s")]
             if peer_rows and jp_row.get("samples_per_s"):
