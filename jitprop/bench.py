@@ -139,10 +139,24 @@ def make_jitprop_step(spec, data, threads):
     train_step = trainer.train_step
     xs, ys = data["X"], data["Y"]
     n = len(xs)
+    bs = xs[0].shape[0]
+    X_all = np.concatenate(xs)
+    Y_all = np.concatenate(ys)
 
     def step(i):
         k = i % n
         return train_step(xs[k], ys[k])
+
+    def block(i, count):
+        """Run at least ``count`` steps the way users train: ``Trainer.fit``
+        over the same batches in the same order (no shuffling), whole
+        epochs of ``n`` steps at a time.  Returns (steps run, last loss)."""
+        epochs = max(1, -(-count // n))
+        hist = trainer.fit(X_all, Y_all, epochs=epochs, batch_size=bs, shuffle=False, progress=False,
+                           on_nonfinite="ignore")
+        return epochs * n, hist["loss"][-1]
+
+    step.block = block
 
     def sync():
         pass
@@ -182,23 +196,33 @@ def time_steps(step, sync, seconds, repeats=3):
     sync()
     first = time.perf_counter() - t0
 
+    block = getattr(step, "block", None)
+
+    def run(i, count):
+        """Run at least ``count`` steps from step ``i``; returns (steps, last)."""
+        if block is not None:
+            return block(i, count)
+        last = None
+        for j in range(count):
+            last = step(i + j)
+        return count, last
+
     # warm-up in doubling chunks (sync per chunk, so async runtimes are honest)
     i, chunk = 1, 1
     warm_target = max(0.05, 0.25 * seconds)
     warm_time, warm_steps = 0.0, 0
     while True:
         t0 = time.perf_counter()
-        for _ in range(chunk):
-            last = step(i)
-            i += 1
+        done, last = run(i, chunk)
+        i += done
         sync()
         dt = time.perf_counter() - t0
         warm_time += dt
-        warm_steps += chunk
+        warm_steps += done
         if warm_time >= warm_target and warm_steps >= 3:
             break
-        chunk *= 2
-    per_step = max(dt / chunk, 1e-9)
+        chunk = 2 * done
+    per_step = max(dt / done, 1e-9)
     n_steps = max(1, int(math.ceil(seconds / per_step)))
 
     times = []
@@ -206,11 +230,10 @@ def time_steps(step, sync, seconds, repeats=3):
     cpu0, w0 = time.process_time(), time.perf_counter()
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(n_steps):
-            last = step(i)
-            i += 1
+        done, last = run(i, n_steps)
+        i += done
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) * n_steps / done)
     wall = time.perf_counter() - w0
     own = time.process_time() - cpu0
     sys1 = _system_busy_seconds()

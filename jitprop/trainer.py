@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _threads
 from .kernels import raw as K
+from ._fused import FusedMLP
 from .losses import Loss
 from .model import Sequential
 from .optim import SGD
@@ -141,6 +142,17 @@ class Trainer:
         self.optimizer.step(grad_norm=math.sqrt(gsq))
         return value
 
+    def _raise_nonfinite(self, X, y, order, k, bs, epoch, value):
+        """Re-run step ``k`` layer by layer (without updating) to find where
+        the non-finite values appear, then raise."""
+        idx = order[k * bs:(k + 1) * bs]
+        xk = np.take(X, idx, axis=0)
+        yk = np.take(y, idx, axis=0)
+        pred = self.model.forward(xk)
+        value = self.loss.forward(pred, yk)
+        self.model.backward(self.loss.backward(), need_input_grad=False)
+        raise FloatingPointError(self._nonfinite_message(value, epoch, k))
+
     def _nonfinite_message(self, value, epoch, step):
         model = self.model
         where = []
@@ -194,7 +206,7 @@ class Trainer:
     # -- training -------------------------------------------------------------------
     def fit(self, X, y, epochs=10, batch_size=64, shuffle=True, seed=0, validation_data=None,
             progress=True, track_gradients=False, on_nonfinite="raise", checkpoint=None,
-            checkpoint_every=None, resume=False, callback=None):
+            checkpoint_every=None, resume=False, callback=None, use_fused=True):
         """Train the model.
 
         Parameters
@@ -241,6 +253,13 @@ class Trainer:
             run.
         callback : callable, optional
             ``callback(trainer, epoch, step, loss)`` after every step.
+        use_fused : bool, default True
+            For a model of Dense and activation layers, run many training
+            steps per compiled call (:func:`jitprop.kernels.raw.mlp_train_steps`)
+            instead of one Python call per layer: same kernels in the same
+            order, so bitwise the same result, with far less Python overhead.
+            Used unless ``callback``, ``track_gradients`` or
+            ``on_nonfinite="skip"`` need per-step Python code.
 
         Returns
         -------
@@ -312,6 +331,11 @@ class Trainer:
         # batch buffers, allocated once; np.take writes into their leading rows
         xb = np.empty((bs,) + X.shape[1:], X.dtype)
         yb = np.empty((bs,) + y.shape[1:], y.dtype)
+        # the compiled multi-step path, when the model and options allow it
+        fused = None
+        if use_fused and callback is None and not track_gradients and on_nonfinite != "skip":
+            fused = FusedMLP.build(self, X, y, bs)
+        chunk = 1
         for epoch in range(start_epoch, int(epochs)):
             if shuffle and start_step == 0:
                 rng.shuffle(order)
@@ -320,38 +344,57 @@ class Trainer:
             skipped = 0
             if track_gradients:
                 gsum[:] = 0.0
-            for k in range(start_step, steps):
-                s = k * bs
-                idx = order[s:s + bs]
-                m = idx.shape[0]
-                if m == bs:
-                    xk, yk = xb, yb
+            k = start_step
+            while k < steps:
+                if fused is not None:
+                    # many steps in one compiled call; stop at checkpoint
+                    # boundaries and often enough to redraw the progress bar
+                    k_end = min(steps, k + chunk)
+                    if checkpoint_every is not None:
+                        k_end = min(k_end, (k // checkpoint_every + 1) * checkpoint_every)
+                    tc = time.perf_counter()
+                    done = fused.run(order, k, k_end, on_nonfinite != "ignore")
+                    losses = fused.losses
+                    for j in range(done):
+                        total += float(losses[j]) * min(bs, n - (k + j) * bs)
+                    if done < k_end - k:
+                        self._raise_nonfinite(X, y, order, k + done, bs, epoch, float(losses[done]))
+                    k = k_end
+                    if time.perf_counter() - tc < 0.05:
+                        chunk = min(chunk * 2, 1 << 20)
                 else:
-                    xk, yk = xb[:m], yb[:m]
-                np.take(X, idx, axis=0, out=xk)
-                np.take(y, idx, axis=0, out=yk)
-                if on_nonfinite == "ignore":
-                    value = self.train_step(xk, yk)
-                else:
-                    value = self._checked_step(xk, yk, epoch, k, on_nonfinite)
-                if value is None:
-                    skipped += 1
-                else:
-                    total += value * m
-                if track_gradients:
-                    K.segment_norms(self.model.flat_grads, offsets, gnorm)
-                    gsum += gnorm
-                if callback is not None:
-                    callback(self, epoch, k, value)
-                if checkpoint is not None and checkpoint_every is not None and (k + 1) % checkpoint_every == 0 \
-                        and k + 1 < steps:
-                    self._state = dict(n=n, batch_size=bs, epoch=epoch, step=k + 1, total=total,
+                    s = k * bs
+                    idx = order[s:s + bs]
+                    m = idx.shape[0]
+                    if m == bs:
+                        xk, yk = xb, yb
+                    else:
+                        xk, yk = xb[:m], yb[:m]
+                    np.take(X, idx, axis=0, out=xk)
+                    np.take(y, idx, axis=0, out=yk)
+                    if on_nonfinite == "ignore":
+                        value = self.train_step(xk, yk)
+                    else:
+                        value = self._checked_step(xk, yk, epoch, k, on_nonfinite)
+                    if value is None:
+                        skipped += 1
+                    else:
+                        total += value * m
+                    if track_gradients:
+                        K.segment_norms(self.model.flat_grads, offsets, gnorm)
+                        gsum += gnorm
+                    if callback is not None:
+                        callback(self, epoch, k, value)
+                    k += 1
+                if checkpoint is not None and checkpoint_every is not None and k % checkpoint_every == 0 \
+                        and k < steps:
+                    self._state = dict(n=n, batch_size=bs, epoch=epoch, step=k, total=total,
                                        rng=rng.bit_generator.state, order=order)
                     self.save(checkpoint)
                 if bar is not None:
                     el = time.perf_counter() - t0
-                    done = (k + 1 - start_step) * bs
-                    bar.update(k + 1, f"loss {total / min(s + m, n):.4f} {done / max(el, 1e-9):,.0f} samples/s")
+                    done_rows = min(k * bs, n) - start_step * bs
+                    bar.update(k, f"loss {total / min(k * bs, n):.4f} {done_rows / max(el, 1e-9):,.0f} samples/s")
             dt = time.perf_counter() - t0
             done = n - start_step * bs
             start_step = 0

@@ -116,3 +116,41 @@ def test_fit_rejects_bad_input(rng):
     other = make_model()
     with pytest.raises(ValueError, match="different model"):
         jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(other))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss_name", ["mse", "xent"])
+@pytest.mark.parametrize("opt_kw", [dict(lr=0.05), dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+                                    dict(lr=0.05, momentum=0.8, nesterov=True, clip_norm=0.5)])
+def test_fused_path_is_bitwise_equal_to_layer_by_layer(rng, dtype, loss_name, opt_kw):
+    """fit() runs MLPs through the compiled multi-step kernel; it must give
+    exactly what the layer-by-layer Python path gives."""
+    X, y = blobs(rng, 203)  # 203 rows: the last batch of 16 is short
+    if loss_name == "mse":
+        y = np.eye(3)[y] + 0.1 * rng.standard_normal((203, 3))
+    results = []
+    for use_fused in (True, False):
+        model = jp.Sequential([jp.Dense(4, 9, dtype=dtype, seed=2), jp.Sigmoid(), jp.Dense(9, 7, dtype=dtype, seed=3),
+                               jp.ReLU(), jp.Dense(7, 3, dtype=dtype, seed=4)])
+        loss = jp.MSELoss() if loss_name == "mse" else jp.SoftmaxCrossEntropy()
+        tr = jp.Trainer(model, loss, jp.SGD(model, **opt_kw))
+        hist = tr.fit(X, y, epochs=3, batch_size=16, seed=1, progress=False, use_fused=use_fused)
+        results.append((model.get_params(), tr.optimizer.velocity.copy(), hist["loss"], tr.optimizer.steps))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert results[0][2] == results[1][2]
+    assert results[0][3] == results[1][3] == 3 * 13
+
+
+def test_fused_path_stops_on_nonfinite_like_python_path(rng):
+    X, y = blobs(rng, 64)
+    X[37, 2] = np.nan
+    msgs = []
+    for use_fused in (True, False):
+        model = make_model()
+        tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.1))
+        with pytest.raises(FloatingPointError) as err:
+            tr.fit(X, y, epochs=2, batch_size=8, shuffle=False, progress=False, use_fused=use_fused)
+        msgs.append((str(err.value), model.get_params()))
+    assert msgs[0][0] == msgs[1][0]
+    np.testing.assert_array_equal(msgs[0][1], msgs[1][1])

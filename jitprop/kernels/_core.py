@@ -220,6 +220,30 @@ def tanh_backward(a, da, dz):
 # --------------------------------------------------------------------------
 # dense layer
 # --------------------------------------------------------------------------
+# Products with at most this many multiply-adds run as plain loops: a BLAS
+# call costs about a microsecond of overhead, more than a tiny product.
+_SMALL_MM = 4096
+
+
+@njit(**_jit)
+def _matmul(a, b, out):
+    """``out = a @ b`` for 2-D arrays of any layout (transposed views too):
+    plain loops for tiny products, BLAS otherwise.  Serial either way."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m * k * n <= _SMALL_MM:
+        zero = out.dtype.type(0)
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = zero
+            for p in range(k):
+                aip = a[i, p]
+                for j in range(n):
+                    out[i, j] += aip * b[p, j]
+    else:
+        np.dot(a, b, out)
+
+
 @njit(**_jit)
 def _bias_act_row(out, b, i, act):
     m = out.shape[1]
@@ -252,7 +276,7 @@ def dense_act_forward(x, W, b, out, act):
     The product runs in BLAS; the bias add and activation are one fused pass,
     parallel over rows when the output is large.
     """
-    np.dot(x, W, out)
+    _matmul(x, W, out)
     n = out.shape[0]
     if out.size < _PAR_MIN:
         for i in range(n):
@@ -327,7 +351,7 @@ def dense_backward_params(x, dy, dW, db):
     dW : ndarray (n_in, n_out), written: ``x.T @ dy``
     db : ndarray (n_out,), written: ``dy.sum(0)``
     """
-    np.dot(x.T, dy, dW)
+    _matmul(x.T, dy, dW)
     bias_grad(dy, db)
 
 
@@ -349,8 +373,8 @@ def dense_backward(x, W, dy, dx, dW, db):
 
     Gradients are overwritten, not accumulated.
     """
-    np.dot(dy, W.T, dx)
-    np.dot(x.T, dy, dW)
+    _matmul(dy, W.T, dx)
+    _matmul(x.T, dy, dW)
     bias_grad(dy, db)
 
 
@@ -622,3 +646,134 @@ def segment_norms(flat, offsets, out):
     """
     for j in range(out.size):
         out[j] = np.sqrt(sum_squares(flat[offsets[j]:offsets[j + 1]]))
+
+
+# --------------------------------------------------------------------------
+# fused training steps for multilayer perceptrons
+# --------------------------------------------------------------------------
+#: Loss codes of :func:`mlp_train_steps`.
+LOSS_MSE = 0
+LOSS_XENT = 1
+
+
+@njit(**_jit)
+def _mlp_step(xb, yb_f, yb_i, m, table, params, grads, ws, hoff, d0, d1, row_off, loss_kind):
+    """Forward, loss and backward of one batch of ``m`` rows already gathered
+    into ``xb``; returns the loss.  Uses the same kernels, in the same order,
+    as the layer-by-layer Python path, so the results are bitwise equal."""
+    L = table.shape[0]
+    h_prev = xb
+    for l in range(L):
+        nin, nout, act, oW, ob = table[l, 0], table[l, 1], table[l, 2], table[l, 3], table[l, 4]
+        W = params[oW:oW + nin * nout].reshape((nin, nout))
+        b = params[ob:ob + nout]
+        h = ws[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
+        dense_act_forward(h_prev, W, b, h, act)
+        h_prev = h
+    nlast = table[L - 1, 1]
+    g = ws[d0:d0 + m * nlast].reshape((m, nlast))
+    row = ws[row_off:row_off + m]
+    if loss_kind == LOSS_MSE:
+        value = mse_loss(h_prev, yb_f, g, row)
+    else:
+        value = softmax_cross_entropy(h_prev, yb_i, g, row)
+    dcur = g
+    use0 = False  # dcur lives in buffer d0; the next dx goes to the other one
+    for l in range(L - 1, -1, -1):
+        nin, nout, act, oW, ob = table[l, 0], table[l, 1], table[l, 2], table[l, 3], table[l, 4]
+        a = ws[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
+        if act != ACT_IDENTITY:
+            activation_backward(a, dcur, dcur, act)
+        W = params[oW:oW + nin * nout].reshape((nin, nout))
+        dW = grads[oW:oW + nin * nout].reshape((nin, nout))
+        db = grads[ob:ob + nout]
+        if l == 0:
+            dense_backward_params(xb, dcur, dW, db)
+        else:
+            pin = table[l - 1, 1]
+            x_in = ws[hoff[l - 1]:hoff[l - 1] + m * pin].reshape((m, pin))
+            o = d0 if use0 else d1
+            dprev = ws[o:o + m * nin].reshape((m, nin))
+            dense_backward(x_in, W, dcur, dprev, dW, db)
+            dcur = dprev
+            use0 = not use0
+    return value
+
+
+@njit(**_jit)
+def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, velocity, ws, hoff,
+                    d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, lr, momentum, weight_decay,
+                    nesterov, clip_norm, check, losses):
+    """Run SGD steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
+
+    Step ``k`` trains on rows ``order[k*bs : (k+1)*bs]`` of ``X`` (the last
+    batch may be shorter), exactly as :meth:`jitprop.Trainer.fit` does layer
+    by layer in Python, with the same kernels in the same order, so results
+    are bitwise identical to that path.
+
+    Parameters
+    ----------
+    X : ndarray (N, F), float, C-contiguous
+    Y_f : ndarray (N, n_out) float targets for MSE (any (0, n_out) array for cross-entropy)
+    Y_i : ndarray (N,) int64 labels for cross-entropy (any (0,) array for MSE)
+    order : ndarray (N,), int64, sample order of the epoch
+    bs, step0, step1 : int
+    table : ndarray (L, 5), int64
+        Per dense layer: ``n_in, n_out, activation code, offset of W, offset of b``
+        in ``params``/``grads``.
+    params, grads, velocity : ndarray (P,), the model's flat vectors
+    ws : ndarray, float workspace; ``hoff[l]`` (int64 array) is the offset of
+        layer l's output (bs, n_out); ``d0``/``d1`` offsets of two gradient
+        buffers of bs*max(width); ``row_off`` of (bs,) loss rows; ``xb_off``
+        of the (bs, F) input batch; ``yb_off`` of (bs, n_out) float targets.
+    yb_i : ndarray (bs,), int64, label batch buffer
+    loss_kind : int, ``LOSS_MSE`` or ``LOSS_XENT``
+    lr, momentum, weight_decay : float; nesterov : bool
+    clip_norm : float, negative for no clipping
+    check : bool
+        Stop before applying a step whose loss or gradients are not finite.
+    losses : ndarray (>= step1 - step0,), float64, written: each step's loss
+
+    Returns
+    -------
+    int
+        The number of steps applied; less than ``step1 - step0`` when a
+        non-finite step was found (that step is not applied).
+    """
+    N, F = X.shape
+    nout_last = table[table.shape[0] - 1, 1]
+    for k in range(step0, step1):
+        s = k * bs
+        m = min(bs, N - s)
+        xb = ws[xb_off:xb_off + m * F].reshape((m, F))
+        for i in range(m):
+            r = order[s + i]
+            for j in range(F):
+                xb[i, j] = X[r, j]
+        yb_f = ws[yb_off:yb_off + m * nout_last].reshape((m, nout_last))
+        yi = yb_i[:m]
+        if loss_kind == LOSS_MSE:
+            for i in range(m):
+                r = order[s + i]
+                for j in range(nout_last):
+                    yb_f[i, j] = Y_f[r, j]
+        else:
+            for i in range(m):
+                yi[i] = Y_i[order[s + i]]
+        value = _mlp_step(xb, yb_f, yi, m, table, params, grads, ws, hoff, d0, d1, row_off, loss_kind)
+        losses[k - step0] = value
+        gsq = -1.0
+        if check:
+            gsq = sum_squares(grads)
+            if not (np.isfinite(value) and np.isfinite(gsq)):
+                return k - step0
+        if clip_norm >= 0.0:
+            if gsq < 0.0:
+                norm = np.sqrt(sum_squares(grads))
+            else:
+                norm = np.sqrt(gsq)
+            coef = clip_norm / (norm + 1e-6)
+            if coef < 1.0:
+                scale_inplace(grads, coef)
+        sgd_step(params, grads, velocity, lr, momentum, weight_decay, nesterov)
+    return step1 - step0
