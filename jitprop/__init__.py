@@ -10,6 +10,7 @@ from ._threads import get_num_threads, set_num_threads, threading_layer
 from .checkpoint import CheckpointError, load
 from .gradcheck import gradcheck, numerical_gradient, relative_error
 from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
+from .lstm import LSTM
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD
@@ -19,7 +20,7 @@ from . import kernels
 __version__ = "0.1.0"
 
 __all__ = [
-    "Activation", "Dense", "Layer", "ReLU", "Sigmoid", "Tanh",
+    "Activation", "Dense", "Layer", "ReLU", "Sigmoid", "Tanh", "LSTM",
     "Loss", "MSELoss", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Trainer", "Progress",
     "gradcheck", "numerical_gradient", "relative_error",

@@ -58,15 +58,22 @@ class Layer:
         return tuple(input_shape)
 
     # -- buffers --------------------------------------------------------------
-    def _buffer(self, name, shape, dtype):
-        """A C-contiguous buffer of ``shape`` (leading axis = batch), reused
-        across calls: grown only when a call needs more rows than before."""
-        shape = tuple(shape)
+    def _buffer(self, name, shape, dtype, zero=False):
+        """A C-contiguous array of ``shape`` backed by a flat buffer that is
+        reused across calls and grown only when a call needs more elements
+        than any before (a smaller batch uses a prefix of it, whatever axis
+        the batch is on).  With ``zero=True`` the buffer is zero-filled when
+        allocated and must never be written (a constant zero input)."""
+        shape = tuple(int(d) for d in shape)
+        size = 1
+        for d in shape:
+            size *= d
         buf = self._bufs.get(name)
-        if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = np.empty(shape, dtype=dtype)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = (np.zeros if zero else np.empty)(size, dtype=dtype)
             self._bufs[name] = buf
-        return buf[: shape[0]] if buf.shape[0] != shape[0] else buf
+        view = buf[:size] if buf.size != size else buf
+        return view.reshape(shape)
 
     def buffer_bytes(self):
         """Bytes held in this layer's preallocated buffers."""
