@@ -1,0 +1,96 @@
+"""No heap allocation per training step after warm-up.
+
+Numba counts its runtime allocations when ``NUMBA_NRT_STATS=1`` is set
+before it is imported, so the measurements run in a subprocess.  A call from
+Python into a compiled function creates one small runtime record per array
+argument it unboxes (freed on return); that cost is per call, not per step,
+so the tests compare runs of different numbers of steps: the counts must be
+equal.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import json, tracemalloc
+    import numpy as np
+    from numba.core.runtime import rtsys
+    import jitprop as jp
+    from jitprop._fused import FusedMLP
+
+    rng = np.random.default_rng(0)
+    out = {}
+
+    # 1. the fused MLP path: steps [0, k) of an epoch in one compiled call
+    X = rng.standard_normal((640, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 640)
+    model = jp.Sequential([jp.Dense(20, 32, seed=0), jp.ReLU(), jp.Dense(32, 5, seed=1)])
+    tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.01, momentum=0.9, clip_norm=5.0))
+    plan = FusedMLP.build(tr, X, y, 64)
+    order = np.arange(640, dtype=np.int64)
+    plan.run(order, 0, 10, True)          # compile / load from cache
+    counts = {}
+    for k in (1, 10):
+        a0 = rtsys.get_allocation_stats().alloc
+        plan.run(order, 0, k, True)
+        counts[k] = rtsys.get_allocation_stats().alloc - a0
+    out["fused_allocs"] = counts
+
+    # 2. the LSTM kernels called from compiled code (as from a user's @njit loop)
+    from numba import njit
+    from jitprop.kernels import _lstm as KL
+    B, T, n_in, H = 4, 6, 3, 5
+    shp = KL.lstm_workspace_shapes(B, T, n_in, H)
+    a = {k: rng.standard_normal(s).astype(np.float32) for k, s in shp.items()}
+
+    @njit
+    def lstm_steps(n, x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws,
+                   dh_seq, dh_T, dc_T, dx, dW_x, dW_h, db, dh0, dc0, dgates):
+        for _ in range(n):
+            KL.lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws)
+            KL.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db,
+                             dh0, dc0, dgates, step_ws)
+
+    names = ["x", "W_x", "W_h", "b", "h0", "c0", "h_seq", "h_T", "c_T", "gates", "states", "step_ws",
+             "dh_seq", "dh_T", "dc_T", "dx", "dW_x", "dW_h", "db", "dh0", "dc0", "dgates"]
+    args = [a[k] for k in names]
+    lstm_steps(1, *args)
+    counts = {}
+    for k in (1, 10):
+        a0 = rtsys.get_allocation_stats().alloc
+        lstm_steps(k, *args)
+        counts[k] = rtsys.get_allocation_stats().alloc - a0
+    out["lstm_allocs"] = counts
+
+    # 3. Python-side memory does not grow with the number of steps of fit()
+    tr.fit(X, y, epochs=1, batch_size=64, progress=False)
+    tracemalloc.start()
+    tr.fit(X, y, epochs=2, batch_size=64, progress=False)
+    m2 = tracemalloc.get_traced_memory()[0]
+    tr.fit(X, y, epochs=20, batch_size=64, progress=False)
+    m20 = tracemalloc.get_traced_memory()[0]
+    out["py_growth_bytes"] = m20 - m2
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_zero_allocations_per_training_step():
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    out = json.loads(line[len("RESULT"):])
+    fused, lstm = out["fused_allocs"], out["lstm_allocs"]
+    # the same count for 1 and 10 steps: nothing is allocated per step
+    assert fused["1"] == fused["10"], fused
+    assert lstm["1"] == lstm["10"], lstm
+    # and only the per-call argument records: a small constant
+    assert fused["10"] <= 30 and lstm["10"] <= 25, out
+    # Python-side memory: 18 more epochs must not grow the traced heap (allow noise)
+    assert out["py_growth_bytes"] < 64 * 1024, out
