@@ -44,7 +44,8 @@ def check_array(name, a, *, dtype=None, ndim=None, shape=None, writable=False):
     ndarray
         ``a`` itself (never a copy).
     """
-    if not isinstance(a, np.ndarray):
+    if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
+        # masked arrays: the compiled code rejects them (and would ignore the mask)
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if dtype is None:
         if a.dtype not in FLOAT_DTYPES:
@@ -64,10 +65,11 @@ def check_array(name, a, *, dtype=None, ndim=None, shape=None, writable=False):
 
 def check_labels(name, labels, n, n_classes=None):
     """Check integer class labels of shape (n,) and, optionally, their range."""
-    if not isinstance(labels, np.ndarray):
+    if not isinstance(labels, np.ndarray) or isinstance(labels, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(labels).__name__}")
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"{name} must have an integer dtype (class indices), got {labels.dtype}")
+    if labels.dtype.kind not in "iu" or not labels.dtype.isnative:
+        # non-native byte order: the compiled code cannot be typed for it
+        raise TypeError(f"{name} must have a native-byte-order integer dtype (class indices), got {labels.dtype}")
     if labels.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
     if not labels.flags.c_contiguous:
@@ -102,7 +104,10 @@ def check_float(name, value, minimum=None, finite=True):
     """Check a real scalar argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be finite, got an integer too large for a float") from None
     if finite and not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if minimum is not None and value < minimum:

@@ -43,6 +43,8 @@ _ACTS = (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH)
 
 
 def _check_act(act):
+    if isinstance(act, (bool, np.bool_)) or not isinstance(act, (int, np.integer)):
+        raise TypeError(f"act must be an integer activation code {_ACTS}, got {act!r}")
     if act not in _ACTS:
         raise ValueError(f"act must be one of {_ACTS} (identity, relu, sigmoid, tanh), got {act!r}")
     return int(act)
@@ -60,6 +62,7 @@ def _check_dense_fwd(x, W, b, out):
     check_array("out", out, dtype=dt, shape=(n, n_out), writable=True)
     no_overlap(out=out, x=x)
     no_overlap(out=out, W=W)
+    no_overlap(out=out, b=b)  # the bias is read after the product is written
 
 
 def dense_forward(x, W, b, out):
@@ -236,6 +239,10 @@ def softmax_cross_entropy(logits, labels, grad, row_loss):
     check_array("grad", grad, dtype=logits.dtype, shape=logits.shape, writable=True)
     check_array("row_loss", row_loss, dtype=logits.dtype, shape=(n,), writable=True)
     no_overlap(grad=grad, logits=logits, row_loss=row_loss)
+    # labels are read row by row while grad/row_loss are written: a label
+    # overwritten by an earlier row would index outside grad
+    no_overlap(labels=labels, grad=grad)
+    no_overlap(labels=labels, row_loss=row_loss)
     return raw.softmax_cross_entropy(logits, labels, grad, row_loss)
 
 
@@ -257,6 +264,8 @@ def sgd_step(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     lr = check_float("lr", lr, minimum=0.0)
     momentum = check_float("momentum", momentum, minimum=0.0)
     weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
+    if not isinstance(nesterov, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
     if nesterov and momentum <= 0:
         raise ValueError("nesterov=True requires momentum > 0")
     raw.sgd_step(p, g, v, lr, momentum, weight_decay, bool(nesterov))
@@ -279,9 +288,14 @@ def clip_grad_norm_list(grads, max_norm):
     scaled by that factor.  Returns the norm before clipping.
     """
     max_norm = check_float("max_norm", max_norm, minimum=0.0)
-    grads = list(grads)
+    try:
+        grads = list(grads)
+    except TypeError:
+        raise TypeError(f"grads must be a list of arrays, got {type(grads).__name__}") from None
     for k, g in enumerate(grads):
         check_array(f"grads[{k}]", g, writable=True)
+    # an array listed twice (or overlapping another) would be counted and scaled twice
+    no_overlap(**{f"grads[{k}]": g for k, g in enumerate(grads)})
     total = 0.0
     for g in grads:
         total += raw.sum_squares(g)

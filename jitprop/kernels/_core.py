@@ -623,8 +623,9 @@ def clip_grad_norm(g, max_norm):
     Returns
     -------
     float
-        The norm before clipping (``nan``/``inf`` if ``g`` holds them, in
-        which case ``g`` is left unchanged).
+        The norm before clipping.  If ``g`` holds a NaN the norm is NaN and
+        ``g`` is left unchanged; if the norm is inf, ``g`` is scaled by 0 (as
+        in PyTorch).
     """
     norm = np.sqrt(sum_squares(g))
     coef = max_norm / (norm + 1e-6)

@@ -1,0 +1,824 @@
+"""Property-based fuzzing of every checked kernel entry point in jitprop.kernels.
+
+Each example builds arguments that may be wrong in any way a caller can get
+them wrong (type, dtype, shape, layout, write permission, aliasing of inputs
+and outputs) and that may hold NaN/inf, calls the *checked* entry point and
+requires exactly one of two outcomes:
+
+* a clean ``TypeError``/``ValueError`` whose message starts with the name of
+  an argument, with every buffer left byte-for-byte untouched (the checks run
+  before any compiled code writes anything);
+* a result matching the NumPy references in ``tests/_reference.py``, with no
+  byte outside the output views changed.
+
+Whether a call must succeed, must fail, or may do either (overlapping *read*
+arguments, which some kernels conservatively refuse) is decided here from the
+arguments' actual properties, independently of ``jitprop/_checks.py``.
+
+Every array, input or output, is a view into the middle of a flat buffer whose
+margins hold a sentinel, so a write outside the given buffers by compiled code
+is caught after every call.  The raw kernels in ``jitprop.kernels.raw`` skip
+all checks by design and are not fuzzed (see the first test).
+
+Run with ``-s`` to see the summary printed at the end of the module; set
+``JITPROP_FUZZ_EXAMPLES`` to change the number of examples per test (400).
+"""
+
+import collections
+import os
+import pathlib
+import re
+import time
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jitprop import kernels as K
+from jitprop.kernels import raw
+
+import _reference as ref
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+BAD_DTYPES = [np.dtype(d) for d in (np.int64, np.float16, np.complex64, np.bool_)] + [
+    np.dtype(np.float64).newbyteorder()]  # float64, but not in the machine's byte order
+INT_DTYPES = [np.dtype(d) for d in (np.int8, np.int16, np.int32, np.int64,
+                                    np.uint8, np.uint16, np.uint32, np.uint64)]
+ACT_NAMES = {K.ACT_IDENTITY: "identity", K.ACT_RELU: "relu", K.ACT_SIGMOID: "sigmoid", K.ACT_TANH: "tanh"}
+
+#: every public checked kernel, each fuzzed by a test below
+KERNELS = ["dense_forward", "dense_act_forward", "dense_backward", "dense_backward_params",
+           "sigmoid_forward", "relu_forward", "tanh_forward", "activation_forward",
+           "sigmoid_backward", "relu_backward", "tanh_backward", "activation_backward",
+           "mse_loss", "softmax_cross_entropy", "sgd_step", "clip_grad_norm", "clip_grad_norm_list"]
+
+SENTINEL = 1234.5   # fill of float/complex buffer margins
+INT_SENTINEL = 77   # fill of integer/bool buffer margins
+MARGIN = 8          # sentinel elements on each side of every array
+
+STATS = collections.Counter()
+PER_KERNEL = collections.defaultdict(collections.Counter)
+
+#: examples per test; JITPROP_FUZZ_EXAMPLES=5000 for a longer soak
+EXAMPLES = int(os.environ.get("JITPROP_FUZZ_EXAMPLES", "400"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fuzz_summary():
+    t0 = time.perf_counter()
+    yield
+    print(f"\nfuzz: {STATS['cases']} cases, {STATS['error']} clean errors, {STATS['ok']} correct results "
+          f"({STATS['either_error']} of the errors and {STATS['either_ok']} of the results on read-only "
+          f"overlaps, which may go either way) in {time.perf_counter() - t0:.1f} s")
+    for name in KERNELS:
+        c = PER_KERNEL[name]
+        print(f"  {name:24s} {c['cases']:5d} cases {c['error']:5d} errors {c['ok']:5d} results")
+
+
+# ----------------------------------------------------------------------------- guarded buffers
+def prod(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+class Arena:
+    """Flat buffers with sentinel margins, from which every argument is cut."""
+
+    def __init__(self):
+        self.bufs = []
+        self.snap = None
+
+    def alloc(self, n, dtype):
+        dtype = np.dtype(dtype)
+        buf = np.empty(n + 2 * MARGIN, dtype)
+        buf[...] = SENTINEL if dtype.kind in "fc" else INT_SENTINEL
+        self.bufs.append(buf)
+        return buf[MARGIN:MARGIN + n]
+
+    def array(self, shape, dtype, values, layout="C", readonly=False):
+        """An array of ``shape`` holding ``values``: C-contiguous, or a transpose
+        ("T"), a stride-2 slice ("S") or a reversed slice ("R") of a guarded buffer."""
+        shape = tuple(shape)
+        if layout == "T" and len(shape) >= 2:
+            base = self.alloc(prod(shape), dtype).reshape(shape[::-1])
+            view = base.T
+        elif layout in ("S", "R") and len(shape) >= 1:
+            k = 2 if layout == "S" else 1
+            base = self.alloc(prod(shape) * k, dtype).reshape(shape[:-1] + (shape[-1] * k,))
+            view = base[..., ::2] if layout == "S" else base[..., ::-1]
+        else:
+            view = self.alloc(prod(shape), dtype).reshape(shape)
+        assert view.shape == shape
+        fill(view, values)
+        if readonly:
+            view.flags.writeable = False
+        return view
+
+    def overlapping(self, shape_a, shape_b, dtype, offset):
+        """Two C-contiguous arrays in one buffer, the second starting ``offset`` elements in."""
+        sa, sb = prod(shape_a), prod(shape_b)
+        flat = self.alloc(max(sa, offset + sb), dtype)
+        return flat[:sa].reshape(shape_a), flat[offset:offset + sb].reshape(shape_b)
+
+    def snapshot(self):
+        self.snap = [b.tobytes() for b in self.bufs]
+
+    def assert_margins(self):
+        for buf, snap in zip(self.bufs, self.snap):
+            m = MARGIN * buf.itemsize
+            now = buf.tobytes()
+            assert now[:m] == snap[:m] and now[-m:] == snap[-m:], "write outside the given buffers"
+
+    def assert_unchanged(self, keep=()):
+        """Every buffer unchanged, except those sharing memory with an array in ``keep``."""
+        for buf, snap in zip(self.bufs, self.snap):
+            if any(np.shares_memory(buf, k) for k in keep):
+                continue
+            assert buf.tobytes() == snap, "a buffer changed that the call must not write"
+
+
+def fill(view, values):
+    values = np.asarray(values, dtype=np.float64)
+    if view.dtype.kind in "fc":
+        view[...] = values
+    else:
+        view[...] = np.nan_to_num(values, nan=0.0, posinf=7.0, neginf=-7.0).astype(view.dtype)
+
+
+# ----------------------------------------------------------------------------- strategies
+DIM = st.sampled_from([0, 1, 1, 2, 3, 4, 5])
+POS_DIM = st.integers(1, 5)
+SHAPE = st.lists(DIM, min_size=0, max_size=3).map(tuple)
+DATA = st.tuples(st.sampled_from([1.0, 1e-3, 30.0]),
+                 st.sampled_from(["finite", "finite", "finite", "nan", "inf", "mixed"]))
+BIG = st.sampled_from([False] * 15 + [True])  # sizes that take the parallel code paths
+
+GOOD_REALS = [0.0, 0.01, 0.1, 0.9, 1.0, 2, np.float32(0.5), np.float64(1.5), np.int64(3)]
+BAD_REALS = [-0.1, -1, float("nan"), float("inf"), -np.inf, "0.1", None, True, 1 + 0j,
+             np.array(0.5), [0.1], 10 ** 400]
+GOOD_ACTS = [0, 1, 2, 3, np.int32(2), np.int64(3), np.uint8(1)]
+BAD_ACTS = [4, -1, 1.0, True, None, "relu", np.array([1, 2]), np.float64(2.0)]
+
+
+def real_st(good=GOOD_REALS):
+    return st.sampled_from(good * 4 + BAD_REALS)
+
+
+def real_ok(v):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        f = float(v)
+    except OverflowError:
+        return False
+    return np.isfinite(f) and f >= 0
+
+
+def act_ok(a):
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)) and a in ACT_NAMES
+
+
+def mutate_shape(draw, shape):
+    """A shape different from ``shape`` (another size or number of axes)."""
+    shape = list(shape)
+    kind = draw(st.sampled_from(["grow", "shrink", "add_axis", "drop_axis"]))
+    if kind == "shrink" and any(shape):
+        i = draw(st.sampled_from([i for i, s in enumerate(shape) if s]))
+        shape[i] -= 1
+    elif kind == "drop_axis" and shape:
+        del shape[draw(st.integers(0, len(shape) - 1))]
+    elif kind == "grow" and shape:
+        shape[draw(st.integers(0, len(shape) - 1))] += draw(st.integers(1, 2))
+    else:
+        shape.insert(draw(st.integers(0, len(shape))), draw(st.integers(1, 2)))
+    return tuple(shape)
+
+
+def same_memory(a, b):
+    return (a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def worst(*verdicts):
+    """Combine verdicts: any "err" wins, then "either", else "ok"."""
+    for v in ("err", "either"):
+        if v in verdicts:
+            return v
+    return "ok"
+
+
+class Case:
+    """Arguments of one fuzz example, with the expected outcome."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.arena = Arena()
+        self.rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+        self.scale, self.special = draw(DATA)
+        self.vals, self.roles, self.specs = {}, {}, []
+
+    def values(self, shape, role):
+        """Data for an input (with NaN/inf as drawn), junk for an output
+        (NaN included, so an element the kernel fails to write is noticed)."""
+        rng = self.rng
+        if role == "out":
+            v = 1e3 * rng.standard_normal(shape)
+            return np.where(rng.random(shape) < 0.2, np.nan, v)
+        v = self.scale * rng.standard_normal(shape)
+        if self.special != "finite":
+            pool = {"nan": [np.nan], "inf": [np.inf, -np.inf], "mixed": [np.nan, np.inf, -np.inf]}[self.special]
+            v = np.where(rng.random(shape) < 0.3, rng.choice(pool, size=shape), v)
+        return v
+
+    def arrays(self, specs, dtype, alias_pairs=(), any_shape=()):
+        """Draw the arrays ``specs`` = [(name, shape, role)], role "in"/"out"/"inout",
+        with up to two arguments spoilt and possibly two of them aliased."""
+        draw = self.draw
+        self.specs += specs
+        spec = {name: (shape, role) for name, shape, role in specs}
+        alias = None
+        if alias_pairs and draw(st.integers(0, 4)) == 0:
+            p, q = draw(st.sampled_from(alias_pairs))
+            alias = (p, q, draw(st.sampled_from(["same", "view", "offset"])))
+        free = [n for n, _, _ in specs if alias is None or n not in alias[:2]]
+        targets = draw(st.permutations(free))[:draw(st.sampled_from([0, 0, 0, 0, 1, 1, 1, 2]))]
+        muts, shape_spoilt = {}, False
+        for t in targets:
+            m = draw(st.sampled_from(["dtype", "shape", "type", "layout", "readonly"]))
+            if m == "shape" and (shape_spoilt or t in any_shape):
+                m = "readonly"  # one wrong shape at a time: two could agree with each other
+            shape_spoilt |= m == "shape"
+            muts[t] = m
+        for name, shape, role in specs:
+            self.roles[name] = role
+        if alias:
+            p, q, mode = alias
+            (sp, rp), (sq, rq) = spec[p], spec[q]
+            if mode != "offset" and sp != sq:
+                mode = "offset"
+            if mode == "same":
+                self.vals[p] = self.vals[q] = self.arena.array(sq, dtype, self.values(sq, rq))
+            else:
+                off = 0 if mode == "view" else draw(st.integers(0, max(prod(sp) - 1, 0)))
+                a, b = self.arena.overlapping(sp, sq, dtype, off)
+                # outputs first, so that the input holds its drawn data where they overlap
+                for arr, role in sorted([(a, rp), (b, rq)], key=lambda t: t[1] != "out"):
+                    fill(arr, self.values(arr.shape, role))
+                self.vals[p], self.vals[q] = a, b
+        for name, shape, role in specs:
+            if name in self.vals:
+                continue
+            m = muts.get(name)
+            dt, layout, ro, shp = dtype, "C", False, shape
+            if m == "dtype":
+                other = FLOATS[1] if np.dtype(dtype) == FLOATS[0] else FLOATS[0]
+                dt = draw(st.sampled_from([other] + BAD_DTYPES))
+            elif m == "shape":
+                shp = mutate_shape(draw, shape)
+            elif m == "layout":
+                layout = draw(st.sampled_from("TSR"))
+            elif m == "readonly":
+                ro = True
+            arr = self.arena.array(shp, dt, self.values(shp, role), layout, ro)
+            if m == "type":
+                kind = draw(st.sampled_from(["list", "scalar", "none", "masked"]))
+                arr = {"list": arr.tolist(), "scalar": 1.0, "none": None,
+                       "masked": np.ma.masked_array(arr, mask=np.zeros(arr.shape, bool))}[kind]
+            self.vals[name] = arr
+
+    def verdict(self, float_names=None, identity_ok=(), any_shape=()):
+        """"ok", "err" or "either" for the arrays drawn so far."""
+        specs = self.specs
+        for name, shape, role in specs:
+            a = self.vals[name]
+            if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
+                return "err"
+            if name not in any_shape and a.shape != tuple(shape):
+                return "err"
+            if not a.flags.c_contiguous or (role != "in" and not a.flags.writeable):
+                return "err"
+        names = [n for n, _, _ in specs if float_names is None or n in float_names]
+        dts = {self.vals[n].dtype for n in names}
+        if len(dts) != 1 or dts.pop() not in FLOATS:
+            return "err"
+        v = "ok"
+        for i, (p, _, rp) in enumerate(specs):
+            for q, _, rq in specs[i + 1:]:
+                a, b = self.vals[p], self.vals[q]
+                if not np.shares_memory(a, b):
+                    continue
+                if rp == "in" and rq == "in":
+                    v = "either"
+                elif {p, q} in [set(pair) for pair in identity_ok] and (a is b or same_memory(a, b)):
+                    v = v if a is b else "either"
+                else:
+                    return "err"
+        return v
+
+    def copies(self):
+        return {n: np.array(v, copy=True) for n, v in self.vals.items() if isinstance(v, np.ndarray)}
+
+    def outputs(self):
+        return [v for n, v in self.vals.items() if self.roles.get(n) in ("out", "inout")
+                and isinstance(v, np.ndarray)]
+
+
+def run(kernel, fn, args, names, arena, expect, check, outputs):
+    """Call ``fn(*args)`` and check the outcome against ``expect``."""
+    STATS["cases"] += 1
+    PER_KERNEL[kernel]["cases"] += 1
+    arena.snapshot()
+    try:
+        result = fn(*args)
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        assert expect != "ok", f"{kernel}: a valid call raised {type(e).__name__}: {msg}"
+        first = re.match(r"[A-Za-z_]\w*", msg)
+        assert first and first.group(0) in names, f"{kernel}: message does not name an argument: {msg!r}"
+        arena.assert_unchanged()
+        STATS["error"] += 1
+        STATS["either_error"] += expect == "either"
+        PER_KERNEL[kernel]["error"] += 1
+        return
+    assert expect != "err", f"{kernel}: an invalid call was accepted"
+    arena.assert_margins()
+    arena.assert_unchanged(keep=outputs)
+    with np.errstate(all="ignore"):  # the references meet NaN/inf too
+        check(result)
+    STATS["ok"] += 1
+    STATS["either_ok"] += expect == "either"
+    PER_KERNEL[kernel]["ok"] += 1
+
+
+# ----------------------------------------------------------------------------- comparisons
+def assert_close(actual, expected, dtype, mag=None, what=""):
+    """``actual`` (computed in ``dtype``) against a float64 reference: same NaN
+    positions, same infinities, finite values within a tolerance scaled by
+    ``mag`` (a bound on the magnitude of the terms that were summed)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, what
+    rtol, atol = (1e-4, 1e-5) if np.dtype(dtype) == FLOATS[0] else (1e-10, 1e-12)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(actual), nan), f"{what}: NaN pattern differs\n{actual}\n{expected}"
+    inf = np.isinf(expected)
+    assert np.array_equal(actual[inf], expected[inf]), f"{what}: infinities differ\n{actual}\n{expected}"
+    fin = ~(nan | inf)
+    m = np.abs(expected) if mag is None else np.broadcast_to(np.asarray(mag, dtype=np.float64), expected.shape)
+    err = np.abs(actual[fin] - expected[fin])
+    bound = rtol * np.abs(expected[fin]) + atol * (1.0 + m[fin])
+    assert np.all(err <= bound), f"{what}: max error {np.max(err - bound)} over the bound\n{actual}\n{expected}"
+
+
+def absf(a):
+    """|a| in float64 with non-finite entries as 0 (for error bounds of finite results)."""
+    return np.nan_to_num(np.abs(np.asarray(a, dtype=np.float64)), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+# ----------------------------------------------------------------------------- the raw kernels
+def test_fuzzed_functions_are_the_checked_wrappers():
+    """The functions fuzzed here are the checked Python wrappers, not the raw
+    Numba dispatchers, which skip all checks by design (README: "raw holds the
+    same kernels as Numba dispatchers without checks")."""
+    public = [n for n in K.__all__ if n != "raw" and not n.startswith("ACT_")]
+    assert sorted(public) == sorted(KERNELS)
+    for name in KERNELS:
+        f = getattr(K, name)
+        assert not isinstance(f, numba.core.dispatcher.Dispatcher), name
+        assert f is not getattr(raw, name, None), name
+        assert f.__module__ == "jitprop.kernels", name
+    for name in set(KERNELS) - {"clip_grad_norm_list"}:
+        assert isinstance(getattr(raw, name), numba.core.dispatcher.Dispatcher), name
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "without checks" in readme and "jitprop.kernels.raw" in readme
+
+
+# ----------------------------------------------------------------------------- dense layer
+@st.composite
+def dense_forward_case(draw, fused):
+    c = Case(draw)
+    n, n_in, n_out = (180, 3, 200) if draw(BIG) else (draw(DIM), draw(DIM), draw(DIM))
+    dtype = draw(st.sampled_from(FLOATS))
+    specs = [("x", (n, n_in), "in"), ("W", (n_in, n_out), "in"), ("b", (n_out,), "in"),
+             ("out", (n, n_out), "out")]
+    c.arrays(specs, dtype, alias_pairs=[("out", "x"), ("out", "W"), ("out", "b"), ("x", "W"), ("W", "b")])
+    expect = c.verdict()
+    args = [c.vals[n] for n, _, _ in specs]
+    act = None
+    if fused:
+        act = draw(st.sampled_from(GOOD_ACTS * 3 + BAD_ACTS))
+        args.append(act)
+        expect = worst(expect, "ok" if act_ok(act) else "err")
+    return c, args, expect, act
+
+
+def _check_dense_forward(c, act, dtype_of):
+    cp, out = c.copies(), c.vals["out"]
+
+    def check(result):
+        assert result is out
+        want = ref.dense_forward(cp["x"], cp["W"], cp["b"])
+        mag = absf(cp["x"]) @ absf(cp["W"]) + absf(cp["b"])
+        if act is not None:
+            want = ref.act(want, ACT_NAMES[int(act)])
+        assert_close(out, want, dtype_of, mag, "out")
+    return check
+
+
+@FUZZ
+@given(case=dense_forward_case(fused=False))
+def test_fuzz_dense_forward(case):
+    c, args, expect, _ = case
+    run("dense_forward", K.dense_forward, args, ["x", "W", "b", "out"], c.arena, expect,
+        _check_dense_forward(c, None, getattr(c.vals["x"], "dtype", None)), c.outputs())
+
+
+@FUZZ
+@given(case=dense_forward_case(fused=True))
+def test_fuzz_dense_act_forward(case):
+    c, args, expect, act = case
+    run("dense_act_forward", K.dense_act_forward, args, ["x", "W", "b", "out", "act"], c.arena, expect,
+        _check_dense_forward(c, act, getattr(c.vals["x"], "dtype", None)), c.outputs())
+
+
+@st.composite
+def dense_backward_case(draw, params_only):
+    c = Case(draw)
+    n, n_in, n_out = (300, 2, 128) if draw(BIG) else (draw(DIM), draw(DIM), draw(DIM))
+    dtype = draw(st.sampled_from(FLOATS))
+    if params_only:
+        specs = [("x", (n, n_in), "in"), ("dy", (n, n_out), "in"),
+                 ("dW", (n_in, n_out), "out"), ("db", (n_out,), "out")]
+    else:
+        specs = [("x", (n, n_in), "in"), ("W", (n_in, n_out), "in"), ("dy", (n, n_out), "in"),
+                 ("dx", (n, n_in), "out"), ("dW", (n_in, n_out), "out"), ("db", (n_out,), "out")]
+    names = [s[0] for s in specs]
+    pairs = [(p, q) for i, p in enumerate(names) for q in names[i + 1:]]
+    c.arrays(specs, dtype, alias_pairs=pairs)
+    return c, [c.vals[n] for n in names], c.verdict(), names
+
+
+def _check_dense_backward(c, params_only):
+    cp = c.copies()
+    dt = c.vals["x"].dtype if isinstance(c.vals["x"], np.ndarray) else None
+
+    def check(result):
+        x, dy = cp["x"], cp["dy"]
+        W = cp.get("W", np.zeros((x.shape[1], dy.shape[1])))
+        want_dx, want_dW, want_db = ref.dense_backward(x, W, dy)
+        if params_only:
+            assert result[0] is c.vals["dW"] and result[1] is c.vals["db"]
+        else:
+            assert result[0] is c.vals["dx"] and result[1] is c.vals["dW"] and result[2] is c.vals["db"]
+            assert_close(c.vals["dx"], want_dx, dt, absf(dy) @ absf(W).T, "dx")
+        assert_close(c.vals["dW"], want_dW, dt, absf(x).T @ absf(dy), "dW")
+        assert_close(c.vals["db"], want_db, dt, absf(dy).sum(0), "db")
+    return check
+
+
+@FUZZ
+@given(case=dense_backward_case(params_only=False))
+def test_fuzz_dense_backward(case):
+    c, args, expect, names = case
+    run("dense_backward", K.dense_backward, args, names, c.arena, expect,
+        _check_dense_backward(c, False), c.outputs())
+
+
+@FUZZ
+@given(case=dense_backward_case(params_only=True))
+def test_fuzz_dense_backward_params(case):
+    c, args, expect, names = case
+    run("dense_backward_params", K.dense_backward_params, args, names, c.arena, expect,
+        _check_dense_backward(c, True), c.outputs())
+
+
+# ----------------------------------------------------------------------------- activations
+FORWARD = {"activation_forward": None, "relu_forward": K.ACT_RELU,
+           "sigmoid_forward": K.ACT_SIGMOID, "tanh_forward": K.ACT_TANH}
+BACKWARD = {"activation_backward": None, "relu_backward": K.ACT_RELU,
+            "sigmoid_backward": K.ACT_SIGMOID, "tanh_backward": K.ACT_TANH}
+
+
+def act_grad_from_output(a, da, name):
+    """dz from the saved output, the textbook formulas (ReLU'(0) = 0; a NaN
+    output passes da through, as torch's threshold_backward does)."""
+    a, da = a.astype(np.float64), da.astype(np.float64)
+    if name == "relu":
+        return np.where(a <= 0, 0.0, da)
+    if name == "sigmoid":
+        return da * (a * (1 - a))
+    if name == "tanh":
+        return da * (1 - a * a)
+    return da.copy()
+
+
+@st.composite
+def activation_case(draw, kernel, backward):
+    c = Case(draw)
+    shape = (33000,) if draw(BIG) else draw(SHAPE)
+    dtype = draw(st.sampled_from(FLOATS))
+    if backward:
+        specs = [("a", shape, "in"), ("da", shape, "in"), ("dz", shape, "out")]
+        ident = [("dz", "da"), ("dz", "a")]
+    else:
+        specs = [("z", shape, "in"), ("a", shape, "out")]
+        ident = [("a", "z")]
+    names = [s[0] for s in specs]
+    c.arrays(specs, dtype, alias_pairs=ident + ([("a", "da")] if backward else []))
+    expect = c.verdict(identity_ok=ident)
+    args = [c.vals[n] for n in names]
+    act = (BACKWARD if backward else FORWARD)[kernel]
+    if act is None:
+        act = draw(st.sampled_from(GOOD_ACTS * 3 + BAD_ACTS))
+        args.append(act)
+        names.append("act")
+        expect = worst(expect, "ok" if act_ok(act) else "err")
+    return c, args, expect, names, act
+
+
+@pytest.mark.parametrize("kernel", list(FORWARD))
+@FUZZ
+@given(data=st.data())
+def test_fuzz_activation_forward(kernel, data):
+    c, args, expect, names, act = data.draw(activation_case(kernel, backward=False))
+    cp, a = c.copies(), c.vals["a"]
+
+    def check(result):
+        assert result is a
+        assert_close(a, ref.act(cp["z"], ACT_NAMES[int(act)]), a.dtype, 1.0 + absf(cp["z"]), "a")
+
+    run(kernel, getattr(K, kernel), args, names, c.arena, expect, check, c.outputs())
+
+
+@pytest.mark.parametrize("kernel", list(BACKWARD))
+@FUZZ
+@given(data=st.data())
+def test_fuzz_activation_backward(kernel, data):
+    c, args, expect, names, act = data.draw(activation_case(kernel, backward=True))
+    cp, dz = c.copies(), c.vals["dz"]
+
+    def check(result):
+        assert result is dz
+        want = act_grad_from_output(cp["a"], cp["da"], ACT_NAMES[int(act)])
+        assert_close(dz, want, dz.dtype, absf(cp["da"]) * (1 + absf(cp["a"]) ** 2), "dz")
+
+    run(kernel, getattr(K, kernel), args, names, c.arena, expect, check, c.outputs())
+
+
+# ----------------------------------------------------------------------------- losses
+@FUZZ
+@given(data=st.data())
+def test_fuzz_mse_loss(data):
+    draw = data.draw
+    c = Case(draw)
+    shape = (4, 8500) if draw(BIG) else (draw(DIM | POS_DIM),) + draw(st.lists(POS_DIM | DIM, max_size=2).map(tuple))
+    dtype = draw(st.sampled_from(FLOATS))
+    specs = [("pred", shape, "in"), ("target", shape, "in"), ("grad", shape, "out"),
+             ("row_loss", shape[:1], "out")]
+    names = [s[0] for s in specs]
+    c.arrays(specs, dtype, alias_pairs=[(p, q) for i, p in enumerate(names) for q in names[i + 1:]])
+    expect = worst(c.verdict(), "err" if prod(shape) == 0 else "ok")  # the mean of nothing is refused
+    cp = c.copies()
+
+    def check(result):
+        assert isinstance(result, float)
+        want_loss, want_grad = ref.mse(cp["pred"], cp["target"])
+        d = cp["pred"].astype(np.float64) - cp["target"].astype(np.float64)
+        want_rows = (d * d).reshape(shape[0], -1).sum(1)
+        dt = c.vals["pred"].dtype
+        assert_close(result, want_loss, dt, what="loss")
+        assert_close(c.vals["grad"], want_grad, dt, what="grad")
+        assert_close(c.vals["row_loss"], want_rows, dt, what="row_loss")
+
+    run("mse_loss", K.mse_loss, [c.vals[n] for n in names], names, c.arena, expect, check, c.outputs())
+
+
+LABEL_MODES = ["ok"] * 16 + ["range", "float", "bool", "len", "nonnative", "layout", "list", "2d",
+                            "readonly", "alias_row", "alias_grad", "alias_logits"]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_softmax_cross_entropy(data):
+    draw = data.draw
+    c = Case(draw)
+    n, k = (3, 11000) if draw(BIG) else (draw(DIM | POS_DIM), draw(DIM | POS_DIM))
+    dtype = np.dtype(draw(st.sampled_from(FLOATS)))
+    if draw(st.booleans()):
+        c.scale = draw(st.sampled_from([c.scale, 1e3]))  # large logits: the max must be subtracted
+    specs = [("logits", (n, k), "in"), ("grad", (n, k), "out"), ("row_loss", (n,), "out")]
+    c.arrays(specs, dtype, alias_pairs=[("grad", "logits"), ("row_loss", "logits"), ("grad", "row_loss")])
+    expect = worst(c.verdict(), "err" if n == 0 or k == 0 else "ok")
+
+    # labels: drawn apart, since they are integers
+    mode = draw(st.sampled_from(LABEL_MODES))
+    ldt = draw(st.sampled_from(INT_DTYPES))
+    values = c.rng.integers(0, max(k, 1), n).astype(np.float64)
+    shape, layout, readonly = (n,), "C", False
+    if mode == "range" and n:
+        values[draw(st.integers(0, n - 1))] = -1 if ldt.kind == "i" and draw(st.booleans()) else k + draw(
+            st.integers(0, 2))
+    elif mode == "float":
+        ldt = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    elif mode == "bool":
+        ldt = np.dtype(np.bool_)
+    elif mode == "len":
+        shape = (n + 1,) if n == 0 or draw(st.booleans()) else (n - 1,)
+        values = c.rng.integers(0, max(k, 1), shape[0]).astype(np.float64)
+    elif mode == "nonnative":
+        ldt = ldt.newbyteorder()  # for 1-byte integers this is still native, and valid
+    elif mode == "layout":
+        layout = draw(st.sampled_from("SR"))
+    elif mode == "2d":
+        shape, values = (n, 1), values.reshape(n, 1)
+    elif mode == "readonly":
+        readonly = True
+    if mode in ("alias_row", "alias_grad", "alias_logits"):
+        # integer labels reinterpreting the bytes of a float array: zeros are
+        # label 0, valid, but the kernel writes grad/row_loss while reading them
+        target = {"alias_row": "row_loss", "alias_grad": "grad", "alias_logits": "logits"}[mode]
+        ldt = np.dtype(np.int64 if dtype == FLOATS[1] else np.int32)
+        tshape = specs[[s[0] for s in specs].index(target)][1]
+        size = prod(tshape)
+        off_t, off_l = draw(st.sampled_from([(0, 0), (0, 1), (1, 0), (0, max(size - n, 0))]))
+        flat = c.arena.alloc(max(off_t + size, off_l + n), dtype)
+        flat[...] = 0.0
+        c.vals[target] = flat[off_t:off_t + size].reshape(tshape)
+        labels = flat.view(ldt)[off_l:off_l + n]
+        expect = worst(c.verdict(), "err" if n == 0 or k == 0 else "ok")
+    else:
+        labels = c.arena.array(shape, ldt, values, layout, readonly)
+        if mode == "list":
+            labels = labels.tolist()
+    # the expected verdict for the labels
+    lv = "ok"
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu" or not labels.dtype.isnative:
+        lv = "err"
+    elif labels.shape != (n,) or not labels.flags.c_contiguous:
+        lv = "err"
+    elif n and k and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        lv = "err"
+    else:
+        for name in ("grad", "row_loss"):
+            if isinstance(c.vals[name], np.ndarray) and np.shares_memory(labels, c.vals[name]):
+                lv = "err"
+        if lv == "ok" and isinstance(c.vals["logits"], np.ndarray) and np.shares_memory(labels, c.vals["logits"]):
+            lv = "either"
+    expect = worst(expect, lv)
+    c.vals["labels"] = labels
+    cp = c.copies()
+
+    def check(result):
+        assert isinstance(result, float)
+        z, y = cp["logits"], cp["labels"].astype(np.int64)
+        want_loss, want_grad = ref.softmax_xent(z, y)
+        want_rows = np.array([ref.softmax_xent(z[i:i + 1], y[i:i + 1])[0] for i in range(n)])
+        zmag = 1.0 + absf(z).max(axis=1)
+        assert_close(result, want_loss, dtype, zmag.max(), "loss")
+        assert_close(c.vals["grad"], want_grad, dtype, what="grad")
+        assert_close(c.vals["row_loss"], want_rows, dtype, zmag, "row_loss")
+
+    args = [c.vals["logits"], labels, c.vals["grad"], c.vals["row_loss"]]
+    run("softmax_cross_entropy", K.softmax_cross_entropy, args, ["logits", "labels", "grad", "row_loss"],
+        c.arena, expect, check, c.outputs())
+
+
+# ----------------------------------------------------------------------------- optimisation
+@FUZZ
+@given(data=st.data())
+def test_fuzz_sgd_step(data):
+    draw = data.draw
+    c = Case(draw)
+    m = 33000 if draw(BIG) else draw(st.integers(0, 9))
+    dtype = draw(st.sampled_from(FLOATS))
+    specs = [("p", (m,), "inout"), ("g", (m,), "in"), ("v", (m,), "inout")]
+    c.arrays(specs, dtype, alias_pairs=[("p", "g"), ("p", "v"), ("g", "v")])
+    spoil = draw(st.sampled_from([None] * 8 + ["lr", "momentum", "weight_decay", "nesterov"]))
+    lr, mom, wd = (draw(st.sampled_from(BAD_REALS if spoil == s else GOOD_REALS))
+                   for s in ("lr", "momentum", "weight_decay"))
+    nesterov = draw(st.sampled_from([None, "yes", np.array([1, 1]), 0.5] if spoil == "nesterov" else
+                                    [False, True, False, True, 0, 1, np.bool_(True), np.bool_(False)]))
+    expect = c.verdict()
+    scalars_ok = real_ok(lr) and real_ok(mom) and real_ok(wd)
+    if not scalars_ok or not isinstance(nesterov, (bool, np.bool_, int, np.integer)):
+        expect = "err"
+    elif nesterov and float(mom) <= 0:
+        expect = "err"
+    kwargs = draw(st.booleans())
+    cp = c.copies()
+    p, v = c.vals["p"], c.vals["v"]
+
+    def check(result):
+        assert result is p
+        want_p, want_v = ref.sgd(cp["p"], cp["g"], cp["v"], float(lr), float(mom), float(wd), bool(nesterov))
+        # torch skips the weight-decay and momentum terms when they are zero, so
+        # 0 * inf does not arise there: compare the elements with finite inputs
+        fin = np.isfinite(cp["p"]) & np.isfinite(cp["g"]) & np.isfinite(cp["v"])
+        mag = (1 + absf(cp["p"]) + float(lr) * (absf(cp["g"]) + float(wd) * absf(cp["p"]) + absf(cp["v"]))) \
+            * (1 + float(mom)) ** 2
+        assert_close(p[fin], want_p[fin], dtype, mag[fin], "p")
+        if float(mom) == 0:
+            assert v.tobytes() == cp["v"].tobytes(), "v written with momentum 0"
+        else:
+            assert_close(v[fin], want_v[fin], dtype, mag[fin], "v")
+
+    args = [p, c.vals["g"], v, lr]
+    if kwargs:
+        fn = lambda *a: K.sgd_step(*a, momentum=mom, weight_decay=wd, nesterov=nesterov)  # noqa: E731
+    else:
+        fn, args = K.sgd_step, args + [mom, wd, nesterov]
+    run("sgd_step", fn, args, ["p", "g", "v", "lr", "momentum", "weight_decay", "nesterov"],
+        c.arena, expect, check, c.outputs())
+
+
+MAX_NORMS = [0.0, 1e-3, 0.5, 1.0, 10.0, 1e6, np.float32(2.0), 3]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_clip_grad_norm(data):
+    draw = data.draw
+    c = Case(draw)
+    shape = (33000,) if draw(BIG) else draw(SHAPE)
+    dtype = draw(st.sampled_from(FLOATS))
+    c.arrays([("g", shape, "inout")], dtype, any_shape=("g",))
+    max_norm = draw(real_st(MAX_NORMS))
+    expect = worst(c.verdict(any_shape=("g",)), "ok" if real_ok(max_norm) else "err")
+    cp = c.copies()
+    g = c.vals["g"]
+
+    def check(result):
+        assert isinstance(result, float)
+        (want,), norm = ref.clip([cp["g"]], float(max_norm))
+        assert_close(result, norm, np.float64, what="norm")
+        assert_close(g, want, g.dtype, what="g")
+
+    run("clip_grad_norm", K.clip_grad_norm, [g, max_norm], ["g", "max_norm"], c.arena, expect, check,
+        c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_clip_grad_norm_list(data):
+    draw = data.draw
+    c = Case(draw)
+    items, verdict = [], "ok"
+    for _ in range(draw(st.integers(0, 4))):
+        shape = (33000,) if draw(BIG) else draw(SHAPE)
+        dt = draw(st.sampled_from(FLOATS))  # each array has its own dtype
+        m = draw(st.sampled_from([None] * 6 + ["dtype", "layout", "readonly", "type"]))
+        if m == "dtype":
+            dt = draw(st.sampled_from(BAD_DTYPES))
+        g = c.arena.array(shape, dt, c.values(shape, "inout"),
+                          draw(st.sampled_from("TSR")) if m == "layout" else "C", m == "readonly")
+        items.append(g.tolist() if m == "type" else g)
+    if items and draw(st.integers(0, 3)) == 0:
+        j = draw(st.integers(0, len(items) - 1))
+        mode = draw(st.sampled_from(["same", "view", "offset"]))
+        if mode == "same":
+            items.insert(draw(st.integers(0, len(items))), items[j])
+        else:
+            s1, s2 = draw(SHAPE), draw(SHAPE)
+            off = 0 if mode == "view" else draw(st.integers(0, max(prod(s1) - 1, 0)))
+            a, b = c.arena.overlapping(s1, s2, draw(st.sampled_from(FLOATS)), off)
+            fill(b, c.values(s2, "inout"))
+            fill(a, c.values(s1, "inout"))
+            items[j] = a
+            items.insert(draw(st.integers(0, len(items))), b)
+    for g in items:
+        if not (isinstance(g, np.ndarray) and g.dtype in FLOATS and g.flags.c_contiguous and g.flags.writeable):
+            verdict = "err"
+    arrays = [g for g in items if isinstance(g, np.ndarray)]
+    if any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:]):
+        verdict = "err"
+    container = draw(st.sampled_from(["list"] * 3 + ["tuple", "generator", "none", "scalar"]))
+    grads = {"list": items, "tuple": tuple(items), "generator": (g for g in items),
+             "none": None, "scalar": 1.0}[container]
+    if container in ("none", "scalar"):
+        verdict = "err"
+    max_norm = draw(real_st(MAX_NORMS))
+    expect = worst(verdict, "ok" if real_ok(max_norm) else "err")
+    copies = [np.array(g, copy=True) for g in arrays]
+
+    def check(result):
+        assert isinstance(result, float)
+        want, norm = ref.clip(copies, float(max_norm))
+        assert_close(result, norm, np.float64, what="norm")
+        for k, (g, w) in enumerate(zip(items, want)):
+            assert_close(g, w, g.dtype, what=f"grads[{k}]")
+
+    run("clip_grad_norm_list", K.clip_grad_norm_list, [grads, max_norm], ["grads", "max_norm"], c.arena,
+        expect, check, arrays)
+
+
+# ----------------------------------------------------------------------------- the tally
+def test_zz_both_outcomes_seen():
+    """Every kernel fuzzed in this run gave both clean errors and correct results
+    (runs last, by file order; kernels not run in this session are skipped)."""
+    for name in KERNELS:
+        c = PER_KERNEL[name]
+        if c["cases"] >= 50:
+            assert c["error"] > 0 and c["ok"] > 0, (name, dict(c))
