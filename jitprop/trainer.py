@@ -123,8 +123,25 @@ class Trainer:
         pred = model.forward(x)
         value = self.loss.forward(pred, y)
         model.backward(self.loss.backward(), need_input_grad=False)
+        value = self._reduce_gradients(value, x.shape[0])
         self.optimizer.step()
         return value
+
+    # -- hooks for data-parallel training (see jitprop.distributed) -------------
+    def _reduce_gradients(self, value, n):
+        """Called between backward and the update with this process's batch
+        loss and row count; returns the loss to report.  A data-parallel
+        trainer combines ``model.flat_grads`` across processes here."""
+        return value
+
+    def _shard(self, idx):
+        """The rows of a global batch (sample indices ``idx``) that this
+        process trains on; all of them by default."""
+        return idx
+
+    def _fusable(self):
+        """Whether the compiled multi-step path may replace per-step Python."""
+        return type(self)._reduce_gradients is Trainer._reduce_gradients and type(self)._shard is Trainer._shard
 
     def _checked_step(self, x, y, epoch, step, policy):
         """train_step that refuses to apply a non-finite update.
@@ -134,6 +151,7 @@ class Trainer:
         pred = model.forward(x)
         value = self.loss.forward(pred, y)
         model.backward(self.loss.backward(), need_input_grad=False)
+        value = self._reduce_gradients(value, x.shape[0])
         gsq = K.sum_squares(model.flat_grads)
         if not (math.isfinite(value) and math.isfinite(gsq)):
             if policy == "skip":
@@ -333,7 +351,7 @@ class Trainer:
         yb = np.empty((bs,) + y.shape[1:], y.dtype)
         # the compiled multi-step path, when the model and options allow it
         fused = None
-        if use_fused and callback is None and not track_gradients and on_nonfinite != "skip":
+        if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable():
             fused = FusedMLP.build(self, X, y, bs)
         chunk = 1
         for epoch in range(start_epoch, int(epochs)):
@@ -364,7 +382,7 @@ class Trainer:
                         chunk = min(chunk * 2, 1 << 20)
                 else:
                     s = k * bs
-                    idx = order[s:s + bs]
+                    idx = self._shard(order[s:s + bs])
                     m = idx.shape[0]
                     if m == bs:
                         xk, yk = xb, yb
@@ -379,7 +397,7 @@ class Trainer:
                     if value is None:
                         skipped += 1
                     else:
-                        total += value * m
+                        total += value * min(bs, n - s)  # rows of the global batch
                     if track_gradients:
                         K.segment_norms(self.model.flat_grads, offsets, gnorm)
                         gsum += gnorm
