@@ -143,8 +143,10 @@ class Trainer:
         """Whether the compiled multi-step path may replace per-step Python."""
         return type(self)._reduce_gradients is Trainer._reduce_gradients and type(self)._shard is Trainer._shard
 
-    def _checked_step(self, x, y, epoch, step, policy):
-        """train_step that refuses to apply a non-finite update.
+    def _checked_step(self, x, y, epoch, step, policy, norms=None):
+        """train_step that refuses to apply a non-finite update (unless
+        ``policy == "ignore"``), and records per-layer gradient norms into
+        ``norms`` (before clipping) when given.
 
         Returns the loss, or None when the step was skipped."""
         model = self.model
@@ -152,6 +154,11 @@ class Trainer:
         value = self.loss.forward(pred, y)
         model.backward(self.loss.backward(), need_input_grad=False)
         value = self._reduce_gradients(value, x.shape[0])
+        if norms is not None:
+            K.segment_norms(model.flat_grads, norms[0], norms[1])
+        if policy == "ignore":
+            self.optimizer.step()
+            return value
         gsq = K.sum_squares(model.flat_grads)
         if not (math.isfinite(value) and math.isfinite(gsq)):
             if policy == "skip":
@@ -174,16 +181,24 @@ class Trainer:
     def _nonfinite_message(self, value, epoch, step):
         model = self.model
         where = []
+        outs = getattr(model, "_outputs", [None] * len(model.layers))
+        bad_out = None
         for li, layer in enumerate(model.layers):
-            out = getattr(model, "_outputs", [None] * len(model.layers))[li]
+            out = outs[li]
             if out is not None and not np.all(np.isfinite(out)):
+                bad_out = li
                 where.append(f"the output of layer {li} ({layer!r})")
                 break
-        for li, layer in enumerate(model.layers):
-            bad = [k for k, g in layer.grads.items() if not np.all(np.isfinite(g))]
-            if bad:
-                where.append(f"the gradient of layer {li} ({layer!r}) {', '.join(bad)}")
-                break
+        if bad_out is None and not math.isfinite(value):
+            last = outs[-1]
+            size = f"; largest |output| {float(np.max(np.abs(last))):.3g}" if last is not None else ""
+            where.append(f"the loss itself (every layer's output is finite{size})")
+        else:
+            for li, layer in enumerate(model.layers):
+                bad = [k for k, g in layer.grads.items() if not np.all(np.isfinite(g))]
+                if bad:
+                    where.append(f"the gradient of layer {li} ({layer!r}) {', '.join(bad)}")
+                    break
         return (f"non-finite {'loss' if not math.isfinite(value) else 'gradient'} at epoch {epoch + 1}, "
                 f"step {step + 1} (loss = {value}); first non-finite values in "
                 f"{' and '.join(where) if where else 'the loss'}. The update was not applied: the model "
@@ -248,16 +263,17 @@ class Trainer:
         progress : bool
             Show a progress bar with loss and samples/s on stderr.
         track_gradients : bool
-            Record per-layer gradient norms (mean over the epoch's steps) and
-            parameter norms (at the end of each epoch), computed by a compiled
-            kernel, in ``history["grad_norms"]`` and ``history["param_norms"]``
+            Record per-layer gradient norms (before clipping, mean over the
+            epoch's applied steps) and parameter norms (at the end of each
+            epoch), computed by a compiled kernel, in ``history["grad_norms"]`` and ``history["param_norms"]``
             (lists of per-layer lists; layers without parameters are left out,
             ``history["norm_layers"]`` names the layers).
         on_nonfinite : {"raise", "skip", "ignore"}
             A NaN or inf in the loss or gradients: "raise" stops with
             ``FloatingPointError`` naming the epoch, step and first layer where
             it appeared, leaving the last finite parameters; "skip" drops that
-            step's update (counted in ``history["skipped_steps"]``); "ignore"
+            step's update (counted in ``history["skipped_steps"]``; the epoch
+            loss is then the mean over the rows of the applied steps); "ignore"
             does no check (slightly faster).
         checkpoint : str or path, optional
             File to save the training state to (atomically): at the end of
@@ -360,6 +376,8 @@ class Trainer:
             bar = Progress(steps, desc=f"epoch {epoch + 1}/{epochs}") if progress else None
             t0 = time.perf_counter()
             skipped = 0
+            skipped_rows = 0
+            first_step = start_step
             if track_gradients:
                 gsum[:] = 0.0
             k = start_step
@@ -390,17 +408,15 @@ class Trainer:
                         xk, yk = xb[:m], yb[:m]
                     np.take(X, idx, axis=0, out=xk)
                     np.take(y, idx, axis=0, out=yk)
-                    if on_nonfinite == "ignore":
-                        value = self.train_step(xk, yk)
-                    else:
-                        value = self._checked_step(xk, yk, epoch, k, on_nonfinite)
+                    value = self._checked_step(xk, yk, epoch, k, on_nonfinite,
+                                               (offsets, gnorm) if track_gradients else None)
                     if value is None:
                         skipped += 1
+                        skipped_rows += min(bs, n - s)
                     else:
                         total += value * min(bs, n - s)  # rows of the global batch
-                    if track_gradients:
-                        K.segment_norms(self.model.flat_grads, offsets, gnorm)
-                        gsum += gnorm
+                        if track_gradients:
+                            gsum += gnorm
                     if callback is not None:
                         callback(self, epoch, k, value)
                     k += 1
@@ -416,7 +432,8 @@ class Trainer:
             dt = time.perf_counter() - t0
             done = n - start_step * bs
             start_step = 0
-            hist["loss"].append(total / n)
+            counted = n - skipped_rows
+            hist["loss"].append(total / counted if counted else float("nan"))
             hist["samples_per_s"].append(done / dt if dt > 0 else float("inf"))
             hist["time"].append(dt)
             total = 0.0
@@ -426,7 +443,8 @@ class Trainer:
                 if skipped:
                     info += f" skipped {skipped} non-finite steps"
             if track_gradients:
-                hist["grad_norms"].append((gsum / steps).tolist())
+                tracked = steps - first_step - skipped
+                hist["grad_norms"].append((gsum / tracked).tolist() if tracked else [float("nan")] * gsum.size)
                 pn = np.empty(len(seg_layers))
                 K.segment_norms(self.model.flat_params, offsets, pn)
                 hist["param_norms"].append(pn.tolist())

@@ -363,3 +363,20 @@ def test_checked_wrappers_raise_clear_errors():
         K.sgd_step(np.zeros(3), np.zeros(3), np.zeros(3), 0.1, 0.0, 0.0, True)
     with pytest.raises(ValueError, match="act must be one of"):
         K.activation_forward(np.zeros(3), np.zeros(3), 7)
+
+
+def test_no_compiled_function_calls_a_parallel_kernel():
+    """Every parallel loop lives in the public kernel that runs it; helpers
+    are serial.  A cached function embedding another parallel function's loop
+    was reloaded from Numba's cache as broken code (a segfault) in a new
+    process, so this structure is kept on purpose."""
+    from numba.core.registry import CPUDispatcher
+
+    from jitprop.kernels import _core, _lstm
+
+    for mod in (_core, _lstm):
+        dispatchers = {k: v for k, v in vars(mod).items() if isinstance(v, CPUDispatcher)}
+        parallel = {k for k, v in dispatchers.items() if v.targetoptions.get("parallel")}
+        for name, disp in dispatchers.items():
+            called = set(disp.py_func.__code__.co_names) & parallel
+            assert not called, f"{mod.__name__}.{name} calls parallel kernel(s) {sorted(called)}"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import numba
 import numpy as np
@@ -254,28 +255,48 @@ def test_matches_torch(shape):
 # determinism: thread count and serial compilation
 # --------------------------------------------------------------------------
 
+def _recompiled(kernel, parallel, **global_overrides):
+    """Uncached compilation of a kernel's Python source, optionally with some
+    module globals replaced (e.g. to force the parallel per-step path)."""
+    f = kernel.py_func
+    g = dict(f.__globals__)
+    g.update(global_overrides)
+    clone = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__,
+                               f.__closure__)
+    return numba.njit(parallel=parallel, error_model="numpy")(clone)
+
+
+@pytest.fixture(scope="module")
+def forced_parallel_kernels():
+    # _PAR_STEP_MIN = 0: the gate arithmetic of every step runs in prange.
+    return (_recompiled(L.lstm_forward, True, _PAR_STEP_MIN=0),
+            _recompiled(L.lstm_backward, True, _PAR_STEP_MIN=0))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bitwise_identical_for_1_and_2_threads(dtype):
+def test_bitwise_identical_for_1_and_2_threads(dtype, forced_parallel_kernels):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    pfwd, pbwd = forced_parallel_kernels
     p = make_problem(5, 4, 3, 130, dtype, seed=9)
     old = numba.get_num_threads()
+    runs = []
     try:
-        numba.set_num_threads(1)
-        one = run_all(p)
-        numba.set_num_threads(2)
-        two = run_all(p)
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            runs.append(run_all(p))                       # shipped kernels
+            runs.append(run_all(p, fwd=pfwd, bwd=pbwd))   # prange every step
     finally:
         numba.set_num_threads(old)
     for k in OUTPUTS + GRADS + ("gates", "states", "dgates"):
-        assert np.array_equal(one[k], two[k]), k
+        for other in runs[1:]:
+            assert np.array_equal(runs[0][k], other[k]), k
 
 
 @pytest.fixture(scope="module")
 def serial_kernels():
-    fwd = numba.njit(parallel=False)(L.lstm_forward.py_func)
-    bwd = numba.njit(parallel=False)(L.lstm_backward.py_func)
-    return fwd, bwd
+    return (_recompiled(L.lstm_forward, False),
+            _recompiled(L.lstm_backward, False))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 4, 3, 130)],
@@ -504,3 +525,76 @@ def test_kernels_do_not_allocate():
         assert a1 > 0, dtype            # stats really are enabled
         assert a10 == a1, (dtype, a1, a10)
         assert f10 == f1, (dtype, f1, f10)
+
+
+# --------------------------------------------------------------------------
+# float32 transcendental helpers (vectorisable replacements of libm)
+# --------------------------------------------------------------------------
+
+@numba.njit(error_model="numpy")
+def _eval_helpers(z, t, s):
+    one = z.dtype.type(1)
+    for i in range(z.size):
+        t[i] = L._tanh(z[i])
+        s[i] = L._sigmoid(z[i], one)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scalar_helpers_accuracy(dtype):
+    z = np.concatenate([np.linspace(-100, 100, 400_001),
+                        np.geomspace(1e-30, 1e-1, 1000),
+                        -np.geomspace(1e-30, 1e-1, 1000)]).astype(dtype)
+    t = np.empty_like(z)
+    s = np.empty_like(z)
+    _eval_helpers(z, t, s)
+    zd = z.astype(np.float64)
+    ulp = np.finfo(dtype).eps / 2
+    ref_t = np.tanh(zd)
+    with np.errstate(over="ignore"):
+        ref_s = np.where(zd >= 0, 1 / (1 + np.exp(-zd)),
+                         np.exp(zd) / (1 + np.exp(zd)))
+    nz = ref_t != 0
+    assert np.max(np.abs(t - ref_t)[nz] / np.abs(ref_t[nz])) < 4 * ulp
+    big = ref_s > 1e-30
+    assert np.max(np.abs(s - ref_s)[big] / ref_s[big]) < 4 * ulp
+    assert np.max(np.abs(s - ref_s)) < 4 * ulp
+    assert t.dtype == dtype and s.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scalar_helpers_special_values(dtype):
+    z = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30], dtype)
+    t = np.empty_like(z)
+    s = np.empty_like(z)
+    _eval_helpers(z, t, s)
+    assert np.isnan(t[0]) and np.isnan(s[0])
+    np.testing.assert_array_equal(t[1:], [1, -1, 0, 0, 1, -1])
+    assert np.signbit(t[4])
+    np.testing.assert_allclose(s[1:], [1, 0, 0.5, 0.5, 1, 0], rtol=0,
+                               atol=1e-37)
+
+
+def test_float32_kernels_stay_float32_and_vectorise(serial_kernels):
+    # Cached code cannot be inspected, so inspect uncached copies: the serial
+    # kernels must not promote float32 to float64 anywhere, and the per-row
+    # gate loops must be vectorised (and free of exception branches).
+    fwd, bwd = serial_kernels
+    p = make_problem(2, 3, 4, 5, np.float32, seed=16)
+    run_all(p, fwd=fwd, bwd=bwd)
+    for kern in (fwd, bwd):
+        for sig, ir in kern.inspect_llvm().items():
+            if all(a.dtype == numba.float32 for a in sig
+                   if isinstance(a, numba.types.Array)):
+                assert "fpext" not in ir, kern
+    fb = numba.njit(error_model="numpy")(L._fwd_block.py_func)
+    bb = numba.njit(error_model="numpy")(L._bwd_block.py_func)
+    H = 64
+    z, ws, b = (np.zeros(4 * H, np.float32) for _ in range(3))
+    c, h, o1, o2, o3, o4 = (np.zeros(H, np.float32) for _ in range(6))
+    fb(z, ws, b, c, h, o1, o2, o3, o4, H, 0, H)
+    bb(z, c, h, o1, o2, o3, ws, b, H, 0, H)
+    for kern in (fb, bb):
+        ir = "".join(kern.inspect_llvm().values())
+        assert "x float>" in ir, kern
+        assert "fpext" not in ir, kern
+        assert "numba_do_raise" not in ir, kern

@@ -244,3 +244,33 @@ def test_kernels_are_safe_from_several_python_threads():
         for g, e in zip(got, exp):
             np.testing.assert_array_equal(g, e)
     assert jp.threading_layer() in ("omp", "tbb", "workqueue")
+
+
+def test_track_gradients_records_norms_before_clipping():
+    X, y = blobs(64)
+    X *= 50.0  # large gradients, so clipping to 1e-3 is active
+    tr = make(clip_norm=1e-3, dtype=np.float64)
+    norms = []
+    hist = tr.fit(X, y, epochs=1, batch_size=64, shuffle=False, progress=False, track_gradients=True,
+                  callback=lambda t, e, k, v: norms.append(t.optimizer.last_grad_norm))
+    total = float(np.sqrt(np.sum(np.square(hist["grad_norms"][0]))))
+    assert total == pytest.approx(norms[0], rel=1e-12)
+    assert total > 1e-2  # well above the clip: the record is from before clipping
+
+
+def test_skipped_steps_are_left_out_of_the_epoch_loss():
+    X, y = blobs(64)
+    X[37, 2] = np.nan  # poisons step 5 of 8 (batch 8, no shuffling)
+    tr = make(lr=0.0, dtype=np.float64)
+    hist = tr.fit(X, y, epochs=1, batch_size=8, shuffle=False, progress=False, on_nonfinite="skip")
+    keep = np.r_[0:32, 40:64]
+    assert hist["skipped_steps"] == [1]
+    assert hist["loss"][0] == pytest.approx(tr.evaluate(X[keep], y[keep])["loss"], rel=1e-12)
+
+
+def test_nonfinite_loss_with_finite_outputs_is_blamed_on_the_loss():
+    model = jp.Sequential([jp.Dense(2, 2, dtype=np.float32, seed=0)])
+    tr = jp.Trainer(model, jp.MSELoss(), jp.SGD(model, lr=0.1))
+    X = np.full((4, 2), 1e20, np.float32)  # outputs ~1e20 are finite, their squares overflow float32
+    with pytest.raises(FloatingPointError, match="the loss itself"):
+        tr.fit(X, np.zeros((4, 2)), epochs=1, batch_size=4, progress=False)

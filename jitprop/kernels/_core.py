@@ -124,6 +124,31 @@ def _act_bwd_range(a, da, dz, start, stop, act):
             dz[i] = da[i]
 
 
+@njit(**_jit)
+def _nchunks(n):
+    return (n + _CHUNK - 1) // _CHUNK
+
+
+@njit(**_jit)
+def _act_fwd_flat(zf, af, act, parallel_ok):
+    """Serial part of the activation kernels: the whole range, or nothing
+    when the caller will run the parallel loop (returns False then)."""
+    n = zf.size
+    if n < _PAR_MIN or not parallel_ok:
+        _act_fwd_range(zf, af, 0, n, act)
+        return True
+    return False
+
+
+@njit(**_jit)
+def _act_bwd_flat(af, daf, dzf, act, parallel_ok):
+    n = af.size
+    if n < _PAR_MIN or not parallel_ok:
+        _act_bwd_range(af, daf, dzf, 0, n, act)
+        return True
+    return False
+
+
 @njit(**_pjit)
 def activation_forward(z, a, act):
     """Apply an activation elementwise: ``a = f(z)``.
@@ -140,12 +165,9 @@ def activation_forward(z, a, act):
     """
     zf = z.reshape(z.size)
     af = a.reshape(a.size)
-    n = zf.size
-    if n < _PAR_MIN:
-        _act_fwd_range(zf, af, 0, n, act)
-    else:
-        nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch):
+    if not _act_fwd_flat(zf, af, act, True):
+        n = zf.size
+        for c in prange(_nchunks(n)):
             s = c * _CHUNK
             _act_fwd_range(zf, af, s, min(s + _CHUNK, n), act)
 
@@ -171,50 +193,86 @@ def activation_backward(a, da, dz, act):
     af = a.reshape(a.size)
     daf = da.reshape(da.size)
     dzf = dz.reshape(dz.size)
-    n = af.size
-    if n < _PAR_MIN:
-        _act_bwd_range(af, daf, dzf, 0, n, act)
-    else:
-        nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch):
+    if not _act_bwd_flat(af, daf, dzf, act, True):
+        n = af.size
+        for c in prange(_nchunks(n)):
             s = c * _CHUNK
             _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), act)
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def sigmoid_forward(z, a):
     """``a = 1 / (1 + exp(-z))``, overflow-free.  Shapes as in :func:`activation_forward`."""
-    activation_forward(z, a, ACT_SIGMOID)
+    zf = z.reshape(z.size)
+    af = a.reshape(a.size)
+    if not _act_fwd_flat(zf, af, ACT_SIGMOID, True):
+        n = zf.size
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), ACT_SIGMOID)
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def sigmoid_backward(a, da, dz):
     """``dz = da * a * (1 - a)`` from the saved output ``a``."""
-    activation_backward(a, da, dz, ACT_SIGMOID)
+    af = a.reshape(a.size)
+    daf = da.reshape(da.size)
+    dzf = dz.reshape(dz.size)
+    if not _act_bwd_flat(af, daf, dzf, ACT_SIGMOID, True):
+        n = af.size
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), ACT_SIGMOID)
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def relu_forward(z, a):
-    """``a = max(z, 0)``.  Shapes as in :func:`activation_forward`."""
-    activation_forward(z, a, ACT_RELU)
+    """``a = max(z, 0)`` (NaN passes through).  Shapes as in :func:`activation_forward`."""
+    zf = z.reshape(z.size)
+    af = a.reshape(a.size)
+    if not _act_fwd_flat(zf, af, ACT_RELU, True):
+        n = zf.size
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), ACT_RELU)
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def relu_backward(a, da, dz):
     """``dz = da * (a > 0)`` from the saved output ``a`` (ReLU'(0) = 0, as in PyTorch)."""
-    activation_backward(a, da, dz, ACT_RELU)
+    af = a.reshape(a.size)
+    daf = da.reshape(da.size)
+    dzf = dz.reshape(dz.size)
+    if not _act_bwd_flat(af, daf, dzf, ACT_RELU, True):
+        n = af.size
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), ACT_RELU)
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def tanh_forward(z, a):
     """``a = tanh(z)``.  Shapes as in :func:`activation_forward`."""
-    activation_forward(z, a, ACT_TANH)
+    zf = z.reshape(z.size)
+    af = a.reshape(a.size)
+    if not _act_fwd_flat(zf, af, ACT_TANH, True):
+        n = zf.size
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), ACT_TANH)
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def tanh_backward(a, da, dz):
     """``dz = da * (1 - a**2)`` from the saved output ``a``."""
-    activation_backward(a, da, dz, ACT_TANH)
+    af = a.reshape(a.size)
+    daf = da.reshape(da.size)
+    dzf = dz.reshape(dz.size)
+    if not _act_bwd_flat(af, daf, dzf, ACT_TANH, True):
+        n = af.size
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), ACT_TANH)
 
 
 # --------------------------------------------------------------------------
@@ -254,6 +312,14 @@ def _bias_act_row(out, b, i, act):
         _act_fwd_range(row, row, 0, m, act)
 
 
+@njit(**_jit)
+def _dense_fwd_serial(x, W, b, out, act):
+    """Serial twin of :func:`dense_act_forward` (same arithmetic per element)."""
+    _matmul(x, W, out)
+    for i in range(out.shape[0]):
+        _bias_act_row(out, b, i, act)
+
+
 @njit(**_pjit)
 def dense_act_forward(x, W, b, out, act):
     """Fused dense layer and activation: ``out = f(x @ W + b)``.
@@ -286,7 +352,7 @@ def dense_act_forward(x, W, b, out, act):
             _bias_act_row(out, b, i, act)
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def dense_forward(x, W, b, out):
     """Dense layer forward: ``out = x @ W + b``.
 
@@ -297,7 +363,14 @@ def dense_forward(x, W, b, out):
     b : ndarray (n_out,), same dtype
     out : ndarray (n, n_out), same dtype, C-contiguous, written
     """
-    dense_act_forward(x, W, b, out, ACT_IDENTITY)
+    _matmul(x, W, out)
+    n = out.shape[0]
+    if out.size < _PAR_MIN:
+        for i in range(n):
+            _bias_act_row(out, b, i, ACT_IDENTITY)
+    else:
+        for i in prange(n):
+            _bias_act_row(out, b, i, ACT_IDENTITY)
 
 
 @njit(**_jit)
@@ -337,6 +410,15 @@ def bias_grad(dy, db):
 
 
 @njit(**_jit)
+def _dense_bwd_serial(x, W, dy, dx, dW, db, need_dx):
+    """Serial twin of :func:`dense_backward` / :func:`dense_backward_params`."""
+    if need_dx:
+        _matmul(dy, W.T, dx)
+    _matmul(x.T, dy, dW)
+    _colsum_block(dy, db, 0, dy.shape[1])
+
+
+@njit(**_pjit)
 def dense_backward_params(x, dy, dW, db):
     """Parameter gradients of a dense layer, without the input gradient.
 
@@ -352,10 +434,17 @@ def dense_backward_params(x, dy, dW, db):
     db : ndarray (n_out,), written: ``dy.sum(0)``
     """
     _matmul(x.T, dy, dW)
-    bias_grad(dy, db)
+    m = dy.shape[1]
+    nblk = (m + _COLBLK - 1) // _COLBLK
+    if dy.size < _PAR_MIN or nblk < 2:
+        _colsum_block(dy, db, 0, m)
+    else:
+        for c in prange(nblk):
+            j0 = c * _COLBLK
+            _colsum_block(dy, db, j0, min(j0 + _COLBLK, m))
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def dense_backward(x, W, dy, dx, dW, db):
     """Dense layer backward.
 
@@ -375,7 +464,14 @@ def dense_backward(x, W, dy, dx, dW, db):
     """
     _matmul(dy, W.T, dx)
     _matmul(x.T, dy, dW)
-    bias_grad(dy, db)
+    m = dy.shape[1]
+    nblk = (m + _COLBLK - 1) // _COLBLK
+    if dy.size < _PAR_MIN or nblk < 2:
+        _colsum_block(dy, db, 0, m)
+    else:
+        for c in prange(nblk):
+            j0 = c * _COLBLK
+            _colsum_block(dy, db, j0, min(j0 + _COLBLK, m))
 
 
 # --------------------------------------------------------------------------
@@ -389,6 +485,24 @@ def _mse_row(p, t, g, row_loss, i, scale):
         acc += d * d
         g[i, k] = scale * d
     row_loss[i] = acc
+
+
+@njit(**_jit)
+def _mse_serial(pred, target, grad, row_loss):
+    """Serial twin of :func:`mse_loss`."""
+    n = pred.shape[0]
+    total = pred.size
+    k = total // n
+    p = pred.reshape((n, k))
+    t = target.reshape((n, k))
+    g = grad.reshape((n, k))
+    scale = pred.dtype.type(2) / pred.dtype.type(total)
+    for i in range(n):
+        _mse_row(p, t, g, row_loss, i, scale)
+    s = 0.0
+    for i in range(n):
+        s += row_loss[i]
+    return s / total
 
 
 @njit(**_pjit)
@@ -452,6 +566,19 @@ def _xent_row(z, labels, g, row_loss, i, inv_n):
     for k in range(c):
         g[i, k] *= f
     g[i, y] -= inv_n
+
+
+@njit(**_jit)
+def _xent_serial(logits, labels, grad, row_loss):
+    """Serial twin of :func:`softmax_cross_entropy` (labels already checked)."""
+    n = logits.shape[0]
+    inv_n = logits.dtype.type(1) / logits.dtype.type(n)
+    for i in range(n):
+        _xent_row(logits, labels, grad, row_loss, i, inv_n)
+    s = 0.0
+    for i in range(n):
+        s += row_loss[i]
+    return s / n
 
 
 @njit(**_pjit)
@@ -589,6 +716,12 @@ def sum_squares(x):
     return (s0 + s1) + (s2 + s3)
 
 
+@njit(**_jit)
+def _scale_range(xf, c, start, stop):
+    for i in range(start, stop):
+        xf[i] *= c
+
+
 @njit(**_pjit)
 def scale_inplace(x, c):
     """``x *= c`` for any C-contiguous array; ``c`` is cast to ``x``'s dtype."""
@@ -596,17 +729,14 @@ def scale_inplace(x, c):
     cc = x.dtype.type(c)
     n = xf.size
     if n < _PAR_MIN:
-        for i in range(n):
-            xf[i] *= cc
+        _scale_range(xf, cc, 0, n)
     else:
-        nch = (n + _CHUNK - 1) // _CHUNK
-        for k in prange(nch):
+        for k in prange(_nchunks(n)):
             s = k * _CHUNK
-            for i in range(s, min(s + _CHUNK, n)):
-                xf[i] *= cc
+            _scale_range(xf, cc, s, min(s + _CHUNK, n))
 
 
-@njit(**_jit)
+@njit(**_pjit)
 def clip_grad_norm(g, max_norm):
     """Clip a flat gradient vector to a maximum global L2 norm, in place.
 
@@ -630,7 +760,15 @@ def clip_grad_norm(g, max_norm):
     norm = np.sqrt(sum_squares(g))
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0:
-        scale_inplace(g, coef)
+        gf = g.reshape(g.size)
+        cc = g.dtype.type(coef)
+        n = gf.size
+        if n < _PAR_MIN:
+            _scale_range(gf, cc, 0, n)
+        else:
+            for k in prange(_nchunks(n)):
+                s = k * _CHUNK
+                _scale_range(gf, cc, s, min(s + _CHUNK, n))
     return norm
 
 
@@ -660,8 +798,11 @@ LOSS_XENT = 1
 @njit(**_jit)
 def _mlp_step(xb, yb_f, yb_i, m, table, params, grads, ws, hoff, d0, d1, row_off, loss_kind):
     """Forward, loss and backward of one batch of ``m`` rows already gathered
-    into ``xb``; returns the loss.  Uses the same kernels, in the same order,
-    as the layer-by-layer Python path, so the results are bitwise equal."""
+    into ``xb``; returns the loss.  Uses the serial twins of the kernels of
+    the layer-by-layer Python path (the same arithmetic per element, in the
+    same order), so the results are bitwise equal.  It calls no parallel
+    function: a cached function that embeds another module-level parallel
+    function's loops is not reliably reloaded from Numba's cache."""
     L = table.shape[0]
     h_prev = xb
     for l in range(L):
@@ -669,33 +810,38 @@ def _mlp_step(xb, yb_f, yb_i, m, table, params, grads, ws, hoff, d0, d1, row_off
         W = params[oW:oW + nin * nout].reshape((nin, nout))
         b = params[ob:ob + nout]
         h = ws[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
-        dense_act_forward(h_prev, W, b, h, act)
+        _dense_fwd_serial(h_prev, W, b, h, act)
         h_prev = h
     nlast = table[L - 1, 1]
     g = ws[d0:d0 + m * nlast].reshape((m, nlast))
     row = ws[row_off:row_off + m]
     if loss_kind == LOSS_MSE:
-        value = mse_loss(h_prev, yb_f, g, row)
+        value = _mse_serial(h_prev, yb_f, g, row)
     else:
-        value = softmax_cross_entropy(h_prev, yb_i, g, row)
+        for i in range(m):
+            if yb_i[i] < 0 or yb_i[i] >= nlast:
+                raise ValueError("mlp_train_steps: a label is outside [0, n_classes)")
+        value = _xent_serial(h_prev, yb_i, g, row)
     dcur = g
     use0 = False  # dcur lives in buffer d0; the next dx goes to the other one
     for l in range(L - 1, -1, -1):
         nin, nout, act, oW, ob = table[l, 0], table[l, 1], table[l, 2], table[l, 3], table[l, 4]
         a = ws[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
         if act != ACT_IDENTITY:
-            activation_backward(a, dcur, dcur, act)
+            af = a.reshape(a.size)
+            df = dcur.reshape(dcur.size)
+            _act_bwd_range(af, df, df, 0, af.size, act)
         W = params[oW:oW + nin * nout].reshape((nin, nout))
         dW = grads[oW:oW + nin * nout].reshape((nin, nout))
         db = grads[ob:ob + nout]
         if l == 0:
-            dense_backward_params(xb, dcur, dW, db)
+            _dense_bwd_serial(xb, W, dcur, dcur, dW, db, False)
         else:
             pin = table[l - 1, 1]
             x_in = ws[hoff[l - 1]:hoff[l - 1] + m * pin].reshape((m, pin))
             o = d0 if use0 else d1
             dprev = ws[o:o + m * nin].reshape((m, nin))
-            dense_backward(x_in, W, dcur, dprev, dW, db)
+            _dense_bwd_serial(x_in, W, dcur, dprev, dW, db, True)
             dcur = dprev
             use0 = not use0
     return value
@@ -775,6 +921,7 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
                 norm = np.sqrt(gsq)
             coef = clip_norm / (norm + 1e-6)
             if coef < 1.0:
-                scale_inplace(grads, coef)
-        sgd_step(params, grads, velocity, lr, momentum, weight_decay, nesterov)
+                _scale_range(grads, grads.dtype.type(coef), 0, grads.size)
+        dt = params.dtype.type
+        _sgd_range(params, grads, velocity, 0, params.size, dt(lr), dt(momentum), dt(weight_decay), nesterov)
     return step1 - step0

@@ -25,11 +25,14 @@ Conventions shared by every kernel in this module
   (``h_T`` / ``dh0`` double as the running state and ``step_ws`` holds one
   step's gate block), because ``h_seq[:, t]`` is not contiguous.
 * Matrix products are called through BLAS (``np.dot(a, b, out)``) at the top
-  level of a kernel, never inside a ``prange`` loop.  Element-wise work runs in
-  ``prange`` loops over (batch row, column block) pairs; each iteration writes
-  only its own cells and every reduction is done by a single iteration in a
-  fixed order, so results are bitwise identical for any number of Numba
-  threads.
+  level of a kernel, never inside a ``prange`` loop.  Element-wise work runs
+  over (batch row, column block) pairs, in a ``prange`` loop for large time
+  steps (``B * H >= _PAR_STEP_MIN``) and serially otherwise (see the comment
+  at ``_PAR_STEP_MIN``); each pair writes only its own cells and every
+  reduction is done by a single iteration in a fixed order, so results are
+  bitwise identical for any number of Numba threads and either path.
+* float32 stays float32 throughout; the float32 sigmoid / tanh / exp are
+  branch-free polynomial versions (a few ulp) so the gate loops vectorise.
 * Kernels overwrite their outputs (except :func:`lstm_cell_backward` in
   accumulate mode).  Optional outputs are skipped by passing ``None``.
 
@@ -37,8 +40,12 @@ The module is deliberately self-contained (it imports no compiled function
 from other jitprop modules) so that Numba's on-disk cache stays valid.
 """
 
+import math
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir as llvm_ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 __all__ = [
     "lstm_forward",
@@ -52,6 +59,15 @@ __all__ = [
 # distributed over (batch row, block) pairs so that small batches still use
 # every thread; the value does not influence the numerical result.
 _BLOCK = 64
+
+# The per-time-step gate arithmetic runs in a ``prange`` loop only when a step
+# has at least this many (batch row, hidden unit) cells.  Below it the loop is
+# serial: the vectorised float32 gate loop costs a few microseconds per step,
+# less than handing work from the BLAS thread pool to Numba's pool and back
+# (with both pools spinning on the same cores that hand-over was measured to
+# make a B=64, H=256 step up to 10x slower).  Both paths do identical work per
+# cell, so the results do not depend on which one runs.
+_PAR_STEP_MIN = 1 << 17
 
 
 def lstm_workspace_shapes(B, T, n_in, H):
@@ -106,13 +122,117 @@ def lstm_workspace_shapes(B, T, n_in, H):
 # --------------------------------------------------------------------------
 # scalar helpers
 # --------------------------------------------------------------------------
+#
+# float64 uses libm (np.exp / np.tanh).  For float32 the transcendental
+# functions are written out with plain arithmetic so that LLVM can vectorise
+# the gate loops (Numba has no vector libm without SVML, and a scalar call per
+# element was about half of the forward time).  Accuracy of the float32
+# versions: a few ulp (exp <= 2 ulp measured on a dense grid of [-87, 0]).
 
-@njit(cache=True)
+_F = np.float32
+_F_ONE = _F(1.0)
+_F_HALF = _F(0.5)
+_F_EXP_MIN = _F(-87.0)            # exp(-87) ~ 1.6e-38, still a normal float32
+_F_LOG2E = _F(1.4426950408889634)
+_F_LN2_HI = _F(0.693359375)       # 355/512: n * _F_LN2_HI is exact, |n| <= 126
+_F_LN2_LO = _F(-2.1219444005469057e-04)
+# Taylor coefficients of exp on |r| <= ln2/2 (truncation error < 1e-8)
+_F_E2, _F_E3, _F_E4 = _F(1.0 / 2.0), _F(1.0 / 6.0), _F(1.0 / 24.0)
+_F_E5, _F_E6, _F_E7 = _F(1.0 / 120.0), _F(1.0 / 720.0), _F(1.0 / 5040.0)
+# Taylor coefficients of tanh, used for |z| < 0.4 (truncation error < 1e-8)
+_F_T3, _F_T5 = _F(-1.0 / 3.0), _F(2.0 / 15.0)
+_F_T7, _F_T9 = _F(-17.0 / 315.0), _F(62.0 / 2835.0)
+_F_T11, _F_T13 = _F(-1382.0 / 155925.0), _F(21844.0 / 6081075.0)
+_F_TANH_SMALL = _F(0.4)
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if v.type.width > 32:
+            v = builder.trunc(v, llvm_ir.IntType(32))
+        elif v.type.width < 32:
+            v = builder.zext(v, llvm_ir.IntType(32))
+        return builder.bitcast(v, llvm_ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def _exp_nonpos(x):
+    """exp(x) for x <= 0 (typed dispatch below)."""
+    raise NotImplementedError
+
+
+@overload(_exp_nonpos, inline="always", jit_options={"cache": True})
+def _ov_exp_nonpos(x):
+    if x == types.float32:
+        def impl(x):
+            # Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2; 2^n by bits.
+            x = max(x, _F_EXP_MIN)
+            n = np.floor(x * _F_LOG2E + _F_HALF)
+            r = (x - n * _F_LN2_HI) - n * _F_LN2_LO
+            p = _F_E7 * r + _F_E6
+            p = p * r + _F_E5
+            p = p * r + _F_E4
+            p = p * r + _F_E3
+            p = p * r + _F_E2
+            p = p * r + _F_ONE
+            p = p * r + _F_ONE
+            return p * _f32_from_bits((np.int64(n) + 127) << 23)
+        return impl
+    if isinstance(x, types.Float):
+        return lambda x: np.exp(x)
+    return None
+
+
+def _tanh(z):
+    """tanh(z) (typed dispatch below)."""
+    raise NotImplementedError
+
+
+@overload(_tanh, inline="always", jit_options={"cache": True})
+def _ov_tanh(z):
+    if z == types.float32:
+        def impl(z):
+            # Branch-free so that it inlines and vectorises: odd Taylor
+            # polynomial for |z| < 0.4, (1 - e^{-2|z|}) / (1 + e^{-2|z|})
+            # above; the 0/1 weights select one of them exactly.  NaN
+            # propagates through both branches.
+            a = abs(z)
+            a_s = min(a, _F_TANH_SMALL)
+            a2 = a_s * a_s
+            p = _F_T13 * a2 + _F_T11
+            p = p * a2 + _F_T9
+            p = p * a2 + _F_T7
+            p = p * a2 + _F_T5
+            p = p * a2 + _F_T3
+            small = a_s + a_s * (a2 * p)
+            e2 = _exp_nonpos(-(a + a))
+            big = (_F_ONE - e2) / (_F_ONE + e2)
+            w = _F(a < _F_TANH_SMALL)
+            return math.copysign(w * small + (_F_ONE - w) * big, z)
+        return impl
+    if isinstance(z, types.Float):
+        return lambda z: np.tanh(z)
+    return None
+
+
+@njit(cache=True, inline="always")
 def _sigmoid(z, one):
-    """Overflow-free logistic function; ``one`` carries the dtype."""
-    e = np.exp(-abs(z))          # in (0, 1], never overflows
-    s = one / (one + e)
-    return s if z >= 0 else e * s
+    """Overflow-free logistic function; ``one`` carries the dtype.
+
+    sigmoid(z) = num / (1 + e) with e = exp(-|z|) in (0, 1] and num = 1 for
+    z >= 0, num = e for z < 0 (selected exactly by 0/1 weights, branch-free
+    so that the gate loops vectorise).  NaN propagates through e.
+    """
+    e = _exp_nonpos(-abs(z))
+    w = one * (z < 0)
+    return (w * e + (one - w)) / (one + e)
 
 
 @njit(cache=True)
@@ -120,50 +240,129 @@ def _block_count(n):
     return (n + _BLOCK - 1) // _BLOCK
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy")
 def _copy_rows(src, dst):
     """dst[...] = src[...] for two (B, H) arrays (may be the same array)."""
     B, H = src.shape
-    for r in prange(B):
+    for r in range(B):
         for j in range(H):
             dst[r, j] = src[r, j]
 
 
-@njit(cache=True, parallel=True)
-def _column_sums(a, out, accumulate):
-    """out[j] (+)= sum_r a[r, j], a (R, C).
+@njit(cache=True, error_model="numpy")
+def _column_sums_block(a, out, accumulate, k):
+    """out[j] (+)= sum_r a[r, j] for the columns of block ``k``, a (R, C),
+    summed in row order.
 
-    Parallel over column blocks; each column is summed by one iteration in
-    row order, so the result does not depend on the thread count.
+    Serial: the kernels run it in their own ``prange`` over blocks.  (No
+    parallel function here calls another one: a cached function that embeds
+    another parallel function's loop was seen to be reloaded from Numba's
+    cache as broken code, segfaulting.)
     """
     R, C = a.shape
-    nblk = _block_count(C)
-    zero = a.dtype.type(0)
-    for k in prange(nblk):
-        j0 = k * _BLOCK
-        j1 = min(j0 + _BLOCK, C)
-        if not accumulate:
-            for j in range(j0, j1):
-                out[j] = zero
-        for r in range(R):
-            for j in range(j0, j1):
-                out[j] += a[r, j]
+    j0 = k * _BLOCK
+    j1 = min(j0 + _BLOCK, C)
+    if not accumulate:
+        zero = a.dtype.type(0)
+        for j in range(j0, j1):
+            out[j] = zero
+    for r in range(R):
+        for j in range(j0, j1):
+            out[j] += a[r, j]
 
 
-@njit(cache=True, parallel=True)
-def _add_into(src, dst):
-    """dst += src for two 2-D arrays of equal shape (parallel over rows)."""
-    R, C = src.shape
-    for r in prange(R):
-        for j in range(C):
-            dst[r, j] += src[r, j]
+@njit(cache=True, error_model="numpy")
+def _add_row(src, dst, r):
+    """dst[r] += src[r] for two 2-D arrays of equal shape."""
+    for j in range(src.shape[1]):
+        dst[r, j] += src[r, j]
+
+
+# --------------------------------------------------------------------------
+# per-row gate arithmetic
+# --------------------------------------------------------------------------
+#
+# One (batch row, column block) of a time step.  The work is split into
+# several short loops, each touching few arrays: LLVM only vectorises a loop
+# when the runtime alias checks it needs between the (possibly overlapping)
+# arrays stay under a small threshold, and one fused loop over ten arrays
+# would stay scalar.  All arguments are 1-D contiguous rows.
+
+@njit(cache=True, error_model="numpy")
+def _fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H,
+               j0, j1):
+    """Gate nonlinearities and state update for columns j0:j1 of one row.
+
+    z (4H): in x@W_x part of the pre-activation, out activations [i,f,g,o].
+    ws (4H): h_prev@W_h; b (4H) bias.  c, h (H): in c_{t-1}, h_{t-1}; out
+    c_t, h_t.  Optional outputs (None to skip): c_prev_out, h_prev_out get
+    c_{t-1}, h_{t-1}; h_out gets h_t.  tanh_c_out (H) gets tanh(c_t).
+    """
+    one = z.dtype.type(1)
+    for j in range(j0, j1):
+        z[j] = _sigmoid(z[j] + ws[j] + b[j], one)
+    for j in range(H + j0, H + j1):
+        z[j] = _sigmoid(z[j] + ws[j] + b[j], one)
+    for j in range(2 * H + j0, 2 * H + j1):
+        z[j] = _tanh(z[j] + ws[j] + b[j])
+    for j in range(3 * H + j0, 3 * H + j1):
+        z[j] = _sigmoid(z[j] + ws[j] + b[j], one)
+    if c_prev_out is not None:
+        for j in range(j0, j1):
+            c_prev_out[j] = c[j]
+    if h_prev_out is not None:
+        for j in range(j0, j1):
+            h_prev_out[j] = h[j]
+    for j in range(j0, j1):
+        c[j] = z[H + j] * c[j] + z[j] * z[2 * H + j]
+    for j in range(j0, j1):
+        tc = _tanh(c[j])
+        tanh_c_out[j] = tc
+        h[j] = z[3 * H + j] * tc
+    if h_out is not None:
+        for j in range(j0, j1):
+            h_out[j] = h[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
+    """Gate gradients for columns j0:j1 of one row.
+
+    gz (4H): activations [i,f,g,o]; c_prev, tanh_c (H): forward caches.
+    dh (H): in recurrent dL/dh_t (dh_in (H), if not None, is added to it; the
+    sum is left in dh).  dc (H): in dL/dc_t from later steps, out dL/dc_{t-1}.
+    dz (4H): out pre-activation gate gradients; dz_copy (4H) gets a copy
+    (None to skip).
+    """
+    one = gz.dtype.type(1)
+    if dh_in is not None:
+        for j in range(j0, j1):
+            dh[j] = dh[j] + dh_in[j]
+    for j in range(j0, j1):
+        go = gz[3 * H + j]
+        tc = tanh_c[j]
+        dz[3 * H + j] = dh[j] * tc * go * (one - go)
+        dc[j] = dc[j] + dh[j] * go * (one - tc * tc)
+    for j in range(j0, j1):
+        gi = gz[j]
+        gf = gz[H + j]
+        gg = gz[2 * H + j]
+        d = dc[j]
+        dz[j] = d * gg * gi * (one - gi)
+        dz[H + j] = d * c_prev[j] * gf * (one - gf)
+        dz[2 * H + j] = d * gi * (one - gg * gg)
+        dc[j] = d * gf
+    if dz_copy is not None:
+        for k in range(4):
+            for j in range(k * H + j0, k * H + j1):
+                dz_copy[j] = dz[j]
 
 
 # --------------------------------------------------------------------------
 # full-sequence kernels
 # --------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
                  step_ws):
     """LSTM forward pass over a whole sequence.
@@ -219,7 +418,6 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
             or step_ws.shape[1] != G):
         raise ValueError("lstm_forward: output/cache/workspace shape mismatch")
 
-    one = x.dtype.type(1)
     # Input projection of every time step in one product; ``gates`` holds the
     # pre-activations x_t @ W_x until step t overwrites them with activations.
     np.dot(x.reshape(B * T, n_in), W_x, gates.reshape(B * T, G))
@@ -229,36 +427,25 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
     nblk = _block_count(H)
     for t in range(T):
         np.dot(h_T, W_h, step_ws)                # h_{t-1} @ W_h
-        for task in prange(B * nblk):
-            r = task // nblk
-            j0 = (task % nblk) * _BLOCK
-            j1 = min(j0 + _BLOCK, H)
-            for j in range(j0, j1):
-                zi = gates[r, t, j] + step_ws[r, j] + b[j]
-                zf = gates[r, t, H + j] + step_ws[r, H + j] + b[H + j]
-                zg = gates[r, t, 2 * H + j] + step_ws[r, 2 * H + j] + b[2 * H + j]
-                zo = gates[r, t, 3 * H + j] + step_ws[r, 3 * H + j] + b[3 * H + j]
-                gi = _sigmoid(zi, one)
-                gf = _sigmoid(zf, one)
-                gg = np.tanh(zg)
-                go = _sigmoid(zo, one)
-                c_prev = c_T[r, j]
-                c_new = gf * c_prev + gi * gg
-                tc = np.tanh(c_new)
-                h_new = go * tc
-                gates[r, t, j] = gi
-                gates[r, t, H + j] = gf
-                gates[r, t, 2 * H + j] = gg
-                gates[r, t, 3 * H + j] = go
-                states[0, r, t, j] = c_prev
-                states[1, r, t, j] = tc
-                states[2, r, t, j] = h_T[r, j]
-                c_T[r, j] = c_new
-                h_T[r, j] = h_new
-                h_seq[r, t, j] = h_new
+        if B * H >= _PAR_STEP_MIN:
+            for task in prange(B * nblk):
+                r = task // nblk
+                j0 = (task % nblk) * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
+                           states[0, r, t], states[2, r, t], states[1, r, t],
+                           h_seq[r, t], H, j0, j1)
+        else:
+            for task in range(B * nblk):
+                r = task // nblk
+                j0 = (task % nblk) * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
+                           states[0, r, t], states[2, r, t], states[1, r, t],
+                           h_seq[r, t], H, j0, j1)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
                   dW_h, db, dh0, dc0, dgates, step_ws):
     """Backpropagation through time for :func:`lstm_forward`.
@@ -327,39 +514,28 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
         if dx.shape[0] != B or dx.shape[1] != T or dx.shape[2] != n_in:
             raise ValueError("lstm_backward: dx must be (B, T, n_in)")
 
-    one = x.dtype.type(1)
     # dh0 / dc0 carry dL/dh_t (recurrent part) and dL/dc_t between steps.
     _copy_rows(dh_T, dh0)
     _copy_rows(dc_T, dc0)
 
     nblk = _block_count(H)
     for t in range(T - 1, -1, -1):
-        for task in prange(B * nblk):
-            r = task // nblk
-            j0 = (task % nblk) * _BLOCK
-            j1 = min(j0 + _BLOCK, H)
-            for j in range(j0, j1):
-                dh = dh0[r, j] + dh_seq[r, t, j]
-                gi = gates[r, t, j]
-                gf = gates[r, t, H + j]
-                gg = gates[r, t, 2 * H + j]
-                go = gates[r, t, 3 * H + j]
-                c_prev = states[0, r, t, j]
-                tc = states[1, r, t, j]
-                dc = dc0[r, j] + dh * go * (one - tc * tc)
-                d_i = dc * gg * gi * (one - gi)
-                d_f = dc * c_prev * gf * (one - gf)
-                d_g = dc * gi * (one - gg * gg)
-                d_o = dh * tc * go * (one - go)
-                dgates[r, t, j] = d_i
-                dgates[r, t, H + j] = d_f
-                dgates[r, t, 2 * H + j] = d_g
-                dgates[r, t, 3 * H + j] = d_o
-                step_ws[r, j] = d_i
-                step_ws[r, H + j] = d_f
-                step_ws[r, 2 * H + j] = d_g
-                step_ws[r, 3 * H + j] = d_o
-                dc0[r, j] = dc * gf
+        if B * H >= _PAR_STEP_MIN:
+            for task in prange(B * nblk):
+                r = task // nblk
+                j0 = (task % nblk) * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
+                           dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
+                           step_ws[r], H, j0, j1)
+        else:
+            for task in range(B * nblk):
+                r = task // nblk
+                j0 = (task % nblk) * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
+                           dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
+                           step_ws[r], H, j0, j1)
         np.dot(step_ws, W_h.T, dh0)              # dL/dh_{t-1}, recurrent part
 
     dg = dgates.reshape(B * T, G)
@@ -367,14 +543,15 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
     np.dot(states[2].reshape(B * T, H).T, dg, dW_h)
     if dx is not None:
         np.dot(dg, W_x.T, dx.reshape(B * T, n_in))
-    _column_sums(dg, db, False)
+    for k in prange(_block_count(G)):
+        _column_sums_block(dg, db, False, k)
 
 
 # --------------------------------------------------------------------------
 # single-step kernels
 # --------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
                       step_ws):
     """One LSTM time step.
@@ -420,33 +597,30 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
             or step_ws.shape[1] != G):
         raise ValueError("lstm_cell_forward: state/cache shape mismatch")
 
-    one = x_t.dtype.type(1)
     np.dot(x_t, W_x, gates)
     np.dot(h_prev, W_h, step_ws)
     nblk = _block_count(H)
-    for task in prange(B * nblk):
-        r = task // nblk
-        j0 = (task % nblk) * _BLOCK
-        j1 = min(j0 + _BLOCK, H)
-        for j in range(j0, j1):
-            gi = _sigmoid(gates[r, j] + step_ws[r, j] + b[j], one)
-            gf = _sigmoid(gates[r, H + j] + step_ws[r, H + j] + b[H + j], one)
-            gg = np.tanh(gates[r, 2 * H + j] + step_ws[r, 2 * H + j]
-                         + b[2 * H + j])
-            go = _sigmoid(gates[r, 3 * H + j] + step_ws[r, 3 * H + j]
-                          + b[3 * H + j], one)
-            c_new = gf * c_prev[r, j] + gi * gg
-            tc = np.tanh(c_new)
-            gates[r, j] = gi
-            gates[r, H + j] = gf
-            gates[r, 2 * H + j] = gg
-            gates[r, 3 * H + j] = go
-            tanh_c[r, j] = tc
-            c[r, j] = c_new
-            h[r, j] = go * tc
+    if B * H >= _PAR_STEP_MIN:
+        for task in prange(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                c[r, j] = c_prev[r, j]
+            _fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
+                       tanh_c[r], None, H, j0, j1)
+    else:
+        for task in range(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                c[r, j] = c_prev[r, j]
+            _fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
+                       tanh_c[r], None, H, j0, j1)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
                        dx_t, dh_prev, dc_prev, dW_x, dW_h, db, dgates,
                        accum_ws):
@@ -516,25 +690,25 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
             raise ValueError("lstm_cell_backward: accum_ws must be "
                              "(n_in + H, 4H)")
 
-    one = x_t.dtype.type(1)
     nblk = _block_count(H)
-    for task in prange(B * nblk):
-        r = task // nblk
-        j0 = (task % nblk) * _BLOCK
-        j1 = min(j0 + _BLOCK, H)
-        for j in range(j0, j1):
-            gi = gates[r, j]
-            gf = gates[r, H + j]
-            gg = gates[r, 2 * H + j]
-            go = gates[r, 3 * H + j]
-            tc = tanh_c[r, j]
-            dh_rj = dh[r, j]
-            dc_rj = dc[r, j] + dh_rj * go * (one - tc * tc)
-            dgates[r, j] = dc_rj * gg * gi * (one - gi)
-            dgates[r, H + j] = dc_rj * c_prev[r, j] * gf * (one - gf)
-            dgates[r, 2 * H + j] = dc_rj * gi * (one - gg * gg)
-            dgates[r, 3 * H + j] = dh_rj * tc * go * (one - go)
-            dc_prev[r, j] = dc_rj * gf
+    if B * H >= _PAR_STEP_MIN:
+        for task in prange(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                dc_prev[r, j] = dc[r, j]
+            _bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
+                       dgates[r], None, H, j0, j1)
+    else:
+        for task in range(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                dc_prev[r, j] = dc[r, j]
+            _bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
+                       dgates[r], None, H, j0, j1)
 
     np.dot(dgates, W_h.T, dh_prev)
     if dx_t is not None:
@@ -542,12 +716,16 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
     if accum_ws is None:
         np.dot(x_t.T, dgates, dW_x)
         np.dot(h_prev.T, dgates, dW_h)
-        _column_sums(dgates, db, False)
+        for k in prange(_block_count(dgates.shape[1])):
+            _column_sums_block(dgates, db, False, k)
     else:
         ws_x = accum_ws[:n_in]
         ws_h = accum_ws[n_in:]
         np.dot(x_t.T, dgates, ws_x)
         np.dot(h_prev.T, dgates, ws_h)
-        _add_into(ws_x, dW_x)
-        _add_into(ws_h, dW_h)
-        _column_sums(dgates, db, True)
+        for r in prange(ws_x.shape[0]):
+            _add_row(ws_x, dW_x, r)
+        for r in prange(ws_h.shape[0]):
+            _add_row(ws_h, dW_h, r)
+        for k in prange(_block_count(dgates.shape[1])):
+            _column_sums_block(dgates, db, True, k)
