@@ -14,6 +14,10 @@ def _blas_limit(n):
         from threadpoolctl import threadpool_limits
     except ImportError:
         return False
+    # Numba's np.dot calls SciPy's OpenBLAS, which is loaded lazily: load it
+    # now so that the limit reaches it even before the first kernel compiles
+    import scipy.linalg.cython_blas  # noqa: F401
+
     threadpool_limits(limits=n, user_api="blas")
     return True
 
@@ -24,7 +28,10 @@ def set_num_threads(n):
     Sets Numba's thread count (``numba.set_num_threads``, at most
     ``numba.config.NUMBA_NUM_THREADS``) and, when threadpoolctl is
     installed, the BLAS thread count too.  BLAS is never called from inside a
-    parallel loop, so the two pools take turns and never multiply.
+    parallel loop, so the two pools take turns rather than multiplying;
+    jitprop sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set) so that
+    Numba's idle OpenMP workers sleep instead of spinning on the cores the
+    next BLAS call needs.
     """
     n = int(n)
     if n < 1:

@@ -1,0 +1,396 @@
+"""Data-parallel SGD over MPI: :class:`DistributedTrainer`.
+
+Every process (MPI rank) holds a full copy of the model.  Each global batch of
+``batch_size`` rows is split between the ranks; every rank runs forward and
+backward on its share, then one ``MPI_Allreduce`` sums the gradients (and the
+loss and row counts) so that every rank applies the same update, the update a
+single process would make on the whole global batch::
+
+    mpiexec -n 2 python train.py
+
+    # train.py
+    import jitprop as jp
+    from jitprop.distributed import DistributedTrainer
+
+    model = jp.Sequential([...])
+    trainer = DistributedTrainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.05))
+    trainer.fit(X, y, epochs=10, batch_size=128, seed=0)   # same X, y, seed on every rank
+
+Needs ``mpi4py`` and an MPI library (``pip install "jitprop[mpi]"`` installs
+both: mpi4py and the ``mpich`` wheel, which brings ``mpiexec``).  mpi4py is
+imported only when a :class:`DistributedTrainer` is built, so importing this
+module never needs it.  See ``docs/distributed.md`` for launching on one or
+several machines and for measured throughput.
+
+Running this module benchmarks the data-parallel trainer
+(``mpiexec -n 2 python -m jitprop.distributed --workloads mlp-mid,lstm-mid``).
+"""
+
+import hashlib
+import math
+import os
+import time
+import warnings
+
+import numpy as np
+
+from . import checkpoint as _checkpoint
+from .trainer import Trainer
+
+__all__ = ["DistributedTrainer", "load", "shard_bounds", "local_ranks", "threads_per_rank"]
+
+
+def _import_mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "jitprop.distributed needs mpi4py and an MPI library; install them with "
+            "`pip install \"jitprop[mpi]\"` (mpi4py plus the mpich wheel, which provides mpiexec) "
+            f"[{e}]") from e
+    return MPI
+
+
+def shard_bounds(m, size, rank):
+    """The ``[start, stop)`` slice of a batch of ``m`` rows that ``rank`` of
+    ``size`` ranks takes: contiguous, in rank order, sizes differing by at
+    most one row (the first ``m % size`` ranks get one more).  Ranks beyond
+    ``m`` get an empty slice."""
+    base, extra = divmod(int(m), int(size))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def local_ranks(comm=None):
+    """Number of ranks of ``comm`` (default ``COMM_WORLD``) on this machine
+    (collective)."""
+    MPI = _import_mpi()
+    comm = MPI.COMM_WORLD if comm is None else comm
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_size()
+    finally:
+        node.Free()
+
+
+def threads_per_rank(comm=None):
+    """CPUs available to this process divided by the ranks on this machine
+    (at least 1): a thread count that does not oversubscribe the machine.
+    Collective.  ``jp.set_num_threads(threads_per_rank())`` applies it to
+    Numba (and to BLAS when threadpoolctl is installed); without
+    threadpoolctl, set ``OPENBLAS_NUM_THREADS`` before NumPy is imported."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // local_ranks(comm))
+
+
+def _blas_threads(cpus):
+    """Best guess of the BLAS thread count: threadpoolctl's answer when it is
+    installed, else the environment variables OpenBLAS reads, else all CPUs."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            try:
+                return int(os.environ[var].split(",")[0])
+            except (KeyError, ValueError):
+                pass
+        return cpus
+    counts = [i.get("num_threads", 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else 1
+
+
+def _warn_if_oversubscribed(local_size):
+    import numba
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover
+        cpus = os.cpu_count() or 1
+    threads = max(numba.get_num_threads(), _blas_threads(cpus))
+    if local_size > 1 and local_size * threads > cpus:
+        warnings.warn(f"{local_size} ranks on this machine x {threads} threads each (Numba {numba.get_num_threads()}, "
+                      f"BLAS {_blas_threads(cpus)}) > {cpus} CPUs: oversubscribed ranks wait for each other at "
+                      "every Allreduce and can run many times slower (idle BLAS threads spin). Launch with "
+                      "NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS and OMP_NUM_THREADS set to CPUs / ranks.",
+                      RuntimeWarning, stacklevel=3)
+
+
+class DistributedTrainer(Trainer):
+    """Synchronous data-parallel :class:`~jitprop.Trainer` over MPI.
+
+    Parameters
+    ----------
+    model : Sequential
+    loss : Loss
+    optimizer : SGD
+    comm : mpi4py communicator, optional
+        Defaults to ``MPI.COMM_WORLD``.
+
+    At construction every rank takes rank 0's parameters and momentum buffer
+    (two broadcasts), so the ranks may build their models with any seeds.
+
+    :meth:`fit` is called on every rank with the same data, ``batch_size``,
+    ``seed``, ``epochs`` and ``shuffle``: every rank then draws the same
+    sample order, and each global batch of ``batch_size`` rows is split into
+    contiguous slices, one per rank (:func:`shard_bounds`).  After each
+    backward pass one in-place ``Allreduce`` over a preallocated vector
+    ``[n * grads, n * loss, n]`` (``n`` the rank's row count) gives every rank
+    the mean gradient and mean loss over the global batch, so the parameters
+    follow the single-process run with the same global batch up to float
+    rounding, and stay identical on all ranks.  Gradient clipping, weight
+    decay, momentum and the non-finite checks act on the reduced gradient, as
+    in the single-process trainer (every rank sees the same values, so every
+    rank takes the same decision).  A rank whose share of a short last batch
+    is empty still joins the Allreduce, with zeros.
+
+    Only rank 0 draws the progress bar and writes checkpoints; the history
+    (losses are global means, ``samples_per_s`` counts the rows of all ranks)
+    is the same on every rank.  To resume, every rank loads the same file
+    with :func:`load` (on several machines the file must be on a shared file
+    system, or copied to each).  ``callback`` runs on every rank;
+    ``validation_data`` is evaluated by every rank on the whole set.
+
+    Attributes
+    ----------
+    comm, rank, size
+        The communicator, this process's rank and the number of ranks.
+    comm_seconds : float
+        Wall time spent in the gradient Allreduce since construction (or the
+        last :meth:`reset_comm_stats`), including any wait for slower ranks.
+    comm_steps : int
+        Number of those Allreduce calls.
+    """
+
+    def __init__(self, model, loss, optimizer, comm=None):
+        super().__init__(model, loss, optimizer)
+        MPI = _import_mpi()
+        self._MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        n_params = model.n_params
+        dtype = model.dtype
+        mine = (n_params, dtype.name)
+        everyone = self.comm.allgather(mine)
+        if any(other != mine for other in everyone):
+            raise ValueError("DistributedTrainer: the ranks built different models "
+                             f"(n_params, dtype) per rank: {everyone}")
+        mpi_type = MPI.DOUBLE if dtype == np.float64 else MPI.FLOAT
+        self.comm.Bcast([model.flat_params, mpi_type], root=0)
+        self.comm.Bcast([optimizer.velocity, mpi_type], root=0)
+        # [n * grads (n_params), n * loss, n]: the one message of every step
+        self._buf = np.zeros(n_params + 2, dtype=dtype)
+        self._gsum = self._buf[:n_params]
+        self._msg = [self._buf, mpi_type]
+        self._n_params = n_params
+        self._empty_share = False
+        self.comm_seconds = 0.0
+        self.comm_steps = 0
+        self.local_size = local_ranks(self.comm)
+        if self.rank == 0:
+            _warn_if_oversubscribed(self.local_size)
+
+    def reset_comm_stats(self):
+        """Zero :attr:`comm_seconds` and :attr:`comm_steps`."""
+        self.comm_seconds = 0.0
+        self.comm_steps = 0
+
+    # -- hooks of Trainer ---------------------------------------------------------------
+    def _shard(self, idx):
+        start, stop = shard_bounds(idx.shape[0], self.size, self.rank)
+        if start == stop:
+            # An empty share (a short last batch, fewer rows than ranks): the
+            # model cannot run on 0 rows, so this rank computes one row of
+            # the batch and contributes it with weight 0 in _reduce_gradients.
+            self._empty_share = True
+            return idx[:1]
+        return idx[start:stop]
+
+    def _reduce_gradients(self, value, n):
+        buf, gsum, p = self._buf, self._gsum, self._n_params
+        grads = self.model.flat_grads
+        if self._empty_share:
+            self._empty_share = False
+            n = 0
+        if n:
+            np.multiply(grads, n, out=gsum)
+            buf[p] = value * n
+        else:  # contribute nothing (not even a NaN from the stand-in row)
+            gsum.fill(0)
+            buf[p] = 0
+        buf[p + 1] = n
+        t = time.perf_counter()
+        self.comm.Allreduce(self._MPI.IN_PLACE, self._msg, op=self._MPI.SUM)
+        self.comm_seconds += time.perf_counter() - t
+        self.comm_steps += 1
+        total = buf[p + 1]
+        np.divide(gsum, total, out=grads)
+        return float(buf[p]) / float(total)
+
+    def _fusable(self):
+        return False  # every step needs the Allreduce between backward and update
+
+    def train_step(self, x, y):
+        """One step on this rank's rows ``x``, ``y``: forward, backward,
+        Allreduce, update.  Collective: every rank must call it; a rank with
+        no rows (``x.shape[0] == 0``) still joins, contributing nothing.
+        Returns the mean loss over the rows of all ranks."""
+        if x.shape[0] == 0:
+            value = self._reduce_gradients(0.0, 0)
+            self.optimizer.step()
+            return value
+        return super().train_step(x, y)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, path):
+        """Write a checkpoint from rank 0 (collective: every rank calls it, the
+        others only learn whether the write succeeded and raise if not)."""
+        error = None
+        if self.rank == 0:
+            try:
+                super().save(path)
+            except BaseException as e:
+                error = e
+        message = self.comm.bcast(None if error is None else f"{type(error).__name__}: {error}", root=0)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise OSError(f"rank 0 failed to write the checkpoint {path!r}: {message}")
+        return path
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self, X, y, epochs=10, batch_size=64, shuffle=True, seed=0, validation_data=None,
+            progress=True, **kwargs):
+        """:meth:`Trainer.fit <jitprop.Trainer.fit>`, collectively on every rank.
+
+        Every rank passes the same ``X``, ``y``, ``epochs``, ``batch_size``
+        (the global batch: rows per step summed over the ranks), ``shuffle``
+        and ``seed`` (checked: a mismatch raises ``ValueError`` on every rank
+        instead of deadlocking).  ``progress`` is honoured on rank 0 only.
+        ``use_fused`` has no effect (each step needs an Allreduce).
+        """
+        X = np.asarray(X)
+        shape = tuple(X.shape)
+        probe = hashlib.sha256(np.ascontiguousarray(X[:4]).tobytes()).hexdigest()[:16]
+        signature = (shape, int(epochs) if isinstance(epochs, (int, np.integer)) else repr(epochs),
+                     int(batch_size) if isinstance(batch_size, (int, np.integer)) else repr(batch_size),
+                     bool(shuffle), repr(seed), bool(kwargs.get("resume", False)),
+                     str(X.dtype), probe)
+        everyone = self.comm.allgather(signature)
+        if any(s != signature for s in everyone):
+            raise ValueError("DistributedTrainer.fit: every rank must pass the same data, epochs, "
+                             "batch_size, shuffle, seed and resume; got per rank (data shape, epochs, "
+                             f"batch_size, shuffle, seed, resume, dtype, hash of the first rows): {everyone}")
+        return super().fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                           validation_data=validation_data, progress=progress and self.rank == 0,
+                           **kwargs)
+
+    def __repr__(self):
+        return f"DistributedTrainer(rank={self.rank}, size={self.size}, n_params={self._n_params})"
+
+
+def load(path, comm=None):
+    """Rebuild a :class:`DistributedTrainer` from a checkpoint, for
+    ``fit(..., resume=True)``.  Collective: every rank calls it with the same
+    file (written by rank 0 of an earlier run)."""
+    t = _checkpoint.load(path)
+    dt = DistributedTrainer(t.model, t.loss, t.optimizer, comm=comm)
+    dt.history = t.history
+    dt._resume_state = t._resume_state
+    return dt
+
+
+# --------------------------------------------------------------------------- #
+# Benchmark: mpiexec -n N python -m jitprop.distributed [--workloads ...]
+# --------------------------------------------------------------------------- #
+def _bench(argv=None):
+    import argparse
+    import json
+
+    import jitprop as jp
+    from .bench import WORKLOADS
+
+    p = argparse.ArgumentParser(description="samples/s of DistributedTrainer.fit on the bench workloads")
+    p.add_argument("--workloads", default="mlp-mid,lstm-mid")
+    p.add_argument("--seconds", type=float, default=6.0, help="approximate timed seconds per workload")
+    p.add_argument("--batches", type=int, default=16, help="global batches per epoch")
+    p.add_argument("--json", action="store_true", help="print one JSON line per workload")
+    p.add_argument("--plain", action="store_true",
+                   help="time the single-process Trainer instead (1 rank; its compiled multi-step path for MLPs)")
+    args = p.parse_args(argv)
+    MPI = _import_mpi()
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    f32 = np.float32
+    for name in args.workloads.split(","):
+        spec = WORKLOADS[name]
+        rng = np.random.default_rng(20240611)
+        gb = spec["batch"]
+        n = gb * args.batches
+        if spec["kind"] == "mlp":
+            sizes = spec["sizes"]
+            layers = []
+            for j in range(len(sizes) - 1):
+                layers.append(jp.Dense(sizes[j], sizes[j + 1], dtype=f32, seed=j))
+                if j < len(sizes) - 2:
+                    layers.append(jp.ReLU())
+            X = rng.standard_normal((n, sizes[0]), dtype=f32)
+            Y = rng.integers(0, sizes[-1], size=n)
+            loss = jp.SoftmaxCrossEntropy()
+        else:
+            layers = [jp.LSTM(spec["n_in"], spec["hidden"], return_sequences=True, dtype=f32, seed=0),
+                      jp.Dense(spec["hidden"], spec["n_out"], dtype=f32, seed=1)]
+            X = rng.standard_normal((n, spec["T"], spec["n_in"]), dtype=f32)
+            Y = (0.5 * rng.standard_normal((n, spec["T"], spec["n_out"]), dtype=f32)).astype(f32)
+            loss = jp.MSELoss()
+        model = jp.Sequential(layers)
+        if args.plain:
+            if size != 1:
+                raise SystemExit("--plain runs one process: start it without mpiexec")
+            tr = Trainer(model, loss, jp.SGD(model, lr=spec["lr"]))
+            tr.comm_steps, tr.comm_seconds, tr._msg = 0, 0.0, [np.zeros(model.n_params + 2, f32), MPI.FLOAT]
+            tr.reset_comm_stats = lambda: None
+        else:
+            tr = DistributedTrainer(model, loss, jp.SGD(model, lr=spec["lr"]), comm=comm)
+        common = dict(batch_size=gb, progress=False, on_nonfinite="ignore", shuffle=True)
+        tr.fit(X, Y, epochs=1, seed=0, **common)  # compile / load the cache, warm up
+        h = tr.fit(X, Y, epochs=1, seed=1, **common)
+        epochs = max(2, int(math.ceil(args.seconds / max(h["time"][0], 1e-3))))
+        epochs = comm.bcast(epochs, root=0)
+        tr.reset_comm_stats()
+        cpu0 = time.process_time()
+        h = tr.fit(X, Y, epochs=epochs, seed=2, **common)
+        cpu = time.process_time() - cpu0
+        steps = epochs * args.batches
+        wall = sum(h["time"])
+        comm_ms = 1e3 * tr.comm_seconds / max(steps, 1)
+        # the message alone: all ranks in step, then time Allreduces of the same buffer
+        reps = 200
+        comm.Barrier()
+        t = time.perf_counter()
+        for _ in range(reps):
+            comm.Allreduce(MPI.IN_PLACE, tr._msg, op=MPI.SUM)
+        pure_ms = 1e3 * (time.perf_counter() - t) / reps
+        stats = comm.gather((comm_ms, pure_ms, cpu / wall), root=0)
+        if rank == 0:
+            row = dict(workload=name, trainer="Trainer" if args.plain else "DistributedTrainer", ranks=size, global_batch=gb, n_params=model.n_params,
+                       samples_per_s=n * epochs / wall, best_epoch_samples_per_s=max(h["samples_per_s"]),
+                       step_ms=1e3 * wall / steps, allreduce_ms_per_step=[round(s[0], 3) for s in stats],
+                       allreduce_alone_ms=[round(s[1], 3) for s in stats],
+                       cpu_per_wall=[round(s[2], 2) for s in stats],
+                       message_bytes=tr._msg[0].nbytes, epochs=epochs,
+                       loadavg=os.getloadavg()[0], numba_threads=jp.get_num_threads())
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"{name:9s} {row['trainer']:18s} ranks={size} {row['samples_per_s']:10,.0f} samples/s  "
+                      f"step {row['step_ms']:.2f} ms  allreduce/step {row['allreduce_ms_per_step']} ms  "
+                      f"allreduce alone {row['allreduce_alone_ms']} ms  ({row['message_bytes'] / 1e6:.2f} MB)  "
+                      f"cpu/wall {row['cpu_per_wall']}  load {row['loadavg']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    _bench()
