@@ -23,7 +23,6 @@ lr 0.3, momentum 0.9, clip 1.0, forget-gate bias +2) the loss sits on the
 """
 
 import argparse
-import contextlib
 import sys
 import time
 
@@ -58,23 +57,6 @@ def make_data(n, T, seed=0, dtype=np.float32):
     X[rows, second, 1] = 1.0
     y = (X[rows, first, 0].astype(np.float64) + X[rows, second, 0]).astype(dtype).reshape(n, 1)
     return X, y
-
-
-def blas_single_thread():
-    """A context in which BLAS runs on one thread (via threadpoolctl, if installed).
-
-    The LSTM kernels alternate, at every time step, between a parallel Numba
-    loop and a small BLAS product; with OpenBLAS's threads on as well, the two
-    thread pools fight over the cores and a 2-core machine slows down many
-    times over.  The per-step products are small: one BLAS thread loses
-    nothing.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    import scipy.linalg.cython_blas  # noqa: F401  (Numba's BLAS: load it so the limit reaches it)
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def build(hidden=32, seed=0, forget_bias=2.0):
@@ -134,12 +116,11 @@ def main(argv=None):
     model = build(args.hidden, args.seed, args.forget_bias)
     opt = jp.SGD(model, lr=args.lr, momentum=args.momentum, clip_norm=args.clip)
     trainer = jp.Trainer(model, jp.MSELoss(), opt)
-    with blas_single_thread():
-        print(f"compiling the kernels (or loading them from Numba's cache): "
-              f"{warm_up(args.hidden, args.batch_size, args.T):.1f} s")
-        hist = trainer.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                           validation_data=(Xv, yv), progress=not args.no_progress)
-        test_mse = trainer.evaluate(Xt, yt)["loss"]
+    print(f"compiling the kernels (or loading them from Numba's cache): "
+          f"{warm_up(args.hidden, args.batch_size, args.T):.1f} s")
+    hist = trainer.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                       validation_data=(Xv, yv), progress=not args.no_progress)
+    test_mse = trainer.evaluate(Xt, yt)["loss"]
     print("epoch  train_mse  val_mse")
     for e in range(args.epochs):
         print(f"{e + 1:5d}  {hist['loss'][e]:9.4f}  {hist['val_loss'][e]:7.4f}")

@@ -20,13 +20,11 @@ each character occurs.  At the end the model writes some text.
                                  [--temperature 0.7] [--quick]
 
 ``--quick`` (for the tests) trains a 64-unit model for 2 epochs on 60,000
-characters.  BLAS is kept to one thread while the LSTM runs (see
-:func:`blas_single_thread`).
+characters.
 """
 
 import argparse
 import collections
-import contextlib
 import math
 import sys
 import time
@@ -37,26 +35,6 @@ import jitprop as jp
 
 #: rare characters (fewer than ``min_count`` occurrences) are all mapped to this one
 FOLD_CHAR = "\N{REPLACEMENT CHARACTER}"
-
-
-def blas_single_thread():
-    """A context in which BLAS runs on one thread (via threadpoolctl, if installed).
-
-    The LSTM kernels alternate, at every time step, between a parallel Numba
-    loop and a small BLAS product.  With OpenBLAS's own threads on as well,
-    the two pools fight over the cores (OpenMP workers spin-wait after each
-    parallel loop while OpenBLAS's threads want to run): on a 2-core machine
-    this made a training step tens of times slower.  The per-step products
-    are small, so one BLAS thread loses nothing.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    # Numba's np.dot calls SciPy's OpenBLAS, which is only loaded once a
-    # kernel has been compiled: load it now so that the limit reaches it.
-    import scipy.linalg.cython_blas  # noqa: F401
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def load_text(n_chars=200_000, n_heldout=0, min_count=10):
@@ -315,14 +293,12 @@ def main(argv=None):
     model = build(V, args.hidden, seed=args.seed)
     print(f"model: {model.layers[0]!r} -> {model.layers[1]!r}, {model.n_params:,} parameters; "
           f"{args.batch_size} streams x {args.steps} steps per update")
-    with blas_single_thread():
-        print(f"compiling the kernels (or loading them from Numba's cache): "
-              f"{warm_up(V, args.hidden, args.batch_size, args.steps):.1f} s")
+    print(f"compiling the kernels (or loading them from Numba's cache): "
+          f"{warm_up(V, args.hidden, args.batch_size, args.steps):.1f} s")
     t0 = time.perf_counter()
-    with blas_single_thread():
-        hist = train(model, train_ids, V, epochs=args.epochs, batch_size=args.batch_size, steps=args.steps,
-                     lr=args.lr, momentum=args.momentum, clip=args.clip,
-                     heldout=heldout_ids if heldout_ids.size else None, progress=not args.no_progress)
+    hist = train(model, train_ids, V, epochs=args.epochs, batch_size=args.batch_size, steps=args.steps,
+                 lr=args.lr, momentum=args.momentum, clip=args.clip,
+                 heldout=heldout_ids if heldout_ids.size else None, progress=not args.no_progress)
     wall = time.perf_counter() - t0
     final = hist["loss"][-1]
     print(f"final training loss {final:.3f} nats/char ({final / math.log(2):.2f} bits/char), "
@@ -333,8 +309,7 @@ def main(argv=None):
     print(f"throughput: {np.mean(hist['chars_per_s']):,.0f} characters/s in training "
           f"({wall:.1f} s in all{extra})")
 
-    with blas_single_thread():
-        text = sample(model, vocab, args.prompt, args.sample_length, args.temperature, args.seed)
+    text = sample(model, vocab, args.prompt, args.sample_length, args.temperature, args.seed)
     print(f"sample (temperature {args.temperature}, seed {args.seed}):")
     print("-" * 60)
     print(args.prompt + text)

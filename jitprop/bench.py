@@ -595,7 +595,6 @@ def main(argv=None):
         if args.rounds > 1:
             say("-- round %d/%d --" % (rnd + 1, args.rounds))
         for wl in workloads:
-            spec = WORKLOADS[wl]
             for th in threads:
                 if need_gemm and wl in GFLOPS_WORKLOADS:
                     g = run_worker({"job": "gemm", "gemm_repeats": gemm_repeats}, th, pin,
