@@ -32,20 +32,11 @@ def _threads_per_rank_env():
 
 _threads_per_rank_env()
 
-import numpy as np  # noqa: E402
-
 import jitprop as jp  # noqa: E402
 from jitprop.distributed import DistributedTrainer  # noqa: E402
 
 
-def load_digits_split(seed=0, test_fraction=0.25):
-    """Digits scaled to [0, 1], split into train and test sets (stratified)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    return train_test_split(X, y.astype(np.int64), test_size=test_fraction, random_state=seed, stratify=y)
+from digits_mlp import load_digits_split  # noqa: E402  (examples/ is on sys.path when run)
 
 
 def main(argv=None):

@@ -520,6 +520,9 @@ def build_parser():
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin each worker to as many CPUs as it has threads")
     p.add_argument("--timeout", type=float, default=900.0, help="per-worker timeout in seconds")
+    p.add_argument("--startup", action="store_true",
+                   help="instead of throughput: time a new process that imports jitprop and runs its "
+                        "first mlp-small training step, with an empty and with a warm compile cache")
     return p
 
 
@@ -558,8 +561,61 @@ def _measure_one(wl, fw, th, args, pin, say):
     return row
 
 
+_STARTUP_CODE = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+import jitprop as jp
+t1 = time.perf_counter()
+rng = np.random.default_rng(0)
+X = rng.standard_normal((64, 784)).astype(np.float32)
+y = rng.integers(0, 10, 64)
+model = jp.Sequential([jp.Dense(784, 128, seed=0), jp.ReLU(), jp.Dense(128, 10, seed=1)])
+trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.01))
+trainer.fit(X, y, epochs=1, batch_size=64, progress=False)
+t2 = time.perf_counter()
+print("STARTUP %.4f %.4f" % (t1 - t0, t2 - t0))
+"""
+
+
+def startup(say, repeats=3):
+    """Time new processes: import jitprop, then the first mlp-small training
+    step through ``Trainer.fit``; with an empty Numba cache (cold: everything
+    compiles) and with the cache that run filled (warm).  Returns a dict."""
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ["cold"] + ["warm"] * repeats:
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", _STARTUP_CODE], env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise SystemExit(r.stderr[-2000:])
+            imp, first = (float(v) for v in r.stdout.split("STARTUP")[1].split())
+            best = out.get(label)
+            if best is None or wall < best["process_s"]:
+                out[label] = {"process_s": wall, "import_s": imp, "import_and_first_step_s": first}
+    for label in ("cold", "warm"):
+        o = out[label]
+        say("%-4s cache: whole process %.2f s (import jitprop %.2f s, import + first mlp-small step %.2f s)"
+            % (label, o["process_s"], o["import_s"], o["import_and_first_step_s"]))
+    return out
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.startup:
+        res = startup(lambda m: print(m, flush=True))
+        if args.json:
+            text = json.dumps({"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
+            if args.json == "-":
+                print(text)
+            else:
+                with open(args.json, "w") as f:
+                    f.write(text)
+        return 0
     if args.seconds is None:
         args.seconds = 0.3 if args.quick else 2.0
     workloads = _parse_list(args.workloads, WORKLOADS, "workload")

@@ -1,6 +1,20 @@
+import importlib.util
+import pathlib
+
 import numba
 import numpy as np
 import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name):
+    """Import ``examples/<name>.py`` as a module (the examples are scripts,
+    not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

@@ -1,21 +1,12 @@
 """examples/chain_rule.py: the article's chain-rule formulas against jitprop."""
 
-import importlib.util
 import math
-import pathlib
 import re
 
 import numpy as np
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_example as load
 
 
 @pytest.fixture(scope="module")

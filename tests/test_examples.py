@@ -1,18 +1,9 @@
 """The examples run (small settings) and reach what they promise."""
 
-import importlib.util
-import pathlib
 
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_example as load
 
 
 def test_digits_mlp_reaches_97_percent(capsys):

@@ -3,10 +3,8 @@ and the gradient norms recorded by Trainer.fit(track_gradients=True) are the
 norms of the layers' gradients."""
 
 import contextlib
-import importlib.util
 import io
 import math
-import pathlib
 import sys
 
 import numpy as np
@@ -14,14 +12,11 @@ import pytest
 
 import jitprop as jp
 
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "vanishing_gradients.py"
+from conftest import load_example
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("vanishing_gradients", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("vanishing_gradients")
 
 
 @pytest.fixture(scope="module")
