@@ -1,5 +1,6 @@
 """Thread control for Numba's parallel kernels and the BLAS they call."""
 
+import contextlib
 import warnings
 
 import numba
@@ -74,3 +75,36 @@ def warn_if_unsafe_layer():
         warnings.warn("Numba is using its 'workqueue' threading layer, which is not thread-safe: do not "
                       "call jitprop kernels from several Python threads at once (install tbb, or an "
                       "OpenMP runtime, for a thread-safe layer)", RuntimeWarning, stacklevel=3)
+
+
+_controller = None
+
+
+def _blas_controller():
+    """A cached threadpoolctl controller of the BLAS libraries (None without
+    threadpoolctl).  Creating one scans the loaded libraries, so it is done once."""
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _controller = False
+        else:
+            import scipy.linalg.cython_blas  # noqa: F401  (load Numba's BLAS first)
+
+            _controller = ThreadpoolController().select(user_api="blas")
+    return _controller or None
+
+
+@contextlib.contextmanager
+def single_thread_blas(active=True):
+    """Run the block with one BLAS thread (if ``active`` and threadpoolctl is
+    installed).  For loops of small matrix products: waking OpenBLAS's
+    threads for each small product costs more than it saves (mlp-small
+    trained 1.8x faster with one BLAS thread than with two)."""
+    ctl = _blas_controller() if active else None
+    if ctl is None:
+        yield
+        return
+    with ctl.limit(limits=1):
+        yield
