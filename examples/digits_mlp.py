@@ -36,17 +36,23 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     Xtr, Xte, ytr, yte = load_digits_split(args.seed)
-    model = jp.Sequential([
-        jp.Dense(64, args.hidden, seed=args.seed), jp.ReLU(),
-        jp.Dense(args.hidden, 10, seed=args.seed + 1),
-    ])
-    trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(),
-                         jp.SGD(model, lr=args.lr, momentum=args.momentum))
-    t0 = time.perf_counter()
-    trainer.train_step(Xtr[:args.batch_size], ytr[:args.batch_size])  # compile (or load from cache)
-    compile_s = time.perf_counter() - t0
-    model.set_params(model.get_params())  # keep the warm-up step: it is one more SGD step, harmless
 
+    def build():
+        model = jp.Sequential([
+            jp.Dense(64, args.hidden, seed=args.seed), jp.ReLU(),
+            jp.Dense(args.hidden, 10, seed=args.seed + 1),
+        ])
+        return jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=args.lr, momentum=args.momentum))
+
+    # Compile the kernels (or load them from Numba's on-disk cache) on a
+    # throwaway copy, so the timings below are training alone.
+    t0 = time.perf_counter()
+    warm = build()
+    warm.fit(Xtr[:2 * args.batch_size], ytr[:2 * args.batch_size], epochs=1, batch_size=args.batch_size,
+             validation_data=(Xte[:8], yte[:8]), progress=False)
+    compile_s = time.perf_counter() - t0
+
+    trainer = build()
     hist = trainer.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                        validation_data=(Xte, yte), progress=not args.no_progress)
     print("epoch  train_loss  test_loss  test_acc")
@@ -58,7 +64,7 @@ def main(argv=None):
     total_time = sum(hist["time"])
     print(f"test accuracy: {ev['accuracy']:.4f} on {len(Xte)} held-out images")
     print(f"training throughput: {total_samples / total_time:,.0f} samples/s "
-          f"({args.epochs} epochs in {total_time:.2f} s, first step incl. compile/cache load {compile_s:.2f} s)")
+          f"({args.epochs} epochs in {total_time:.2f} s; compiling or loading the kernels took {compile_s:.2f} s before)")
     return ev["accuracy"]
 
 
