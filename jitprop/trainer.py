@@ -458,7 +458,7 @@ class Trainer:
             if bar is not None:
                 bar.close(info)
             if checkpoint is not None:
-                    # the order is kept: the next epoch's shuffle permutes it in place
+                # the order is kept: the next epoch's shuffle permutes it in place
                 self._state = dict(n=n, batch_size=bs, epoch=epoch + 1, step=0, total=0.0,
                                    rng=rng.bit_generator.state, order=order)
                 self.save(checkpoint)
