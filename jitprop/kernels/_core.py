@@ -81,14 +81,18 @@ _pjit = dict(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 # --------------------------------------------------------------------------
 @njit(**_jit)
 def _act_fwd_range(z, a, start, stop, act):
+    # views from the block start: indices from 0 let the loops vectorise
+    # (a runtime start index makes Numba allow for negative indices)
+    z, a = z[start:stop], a[start:stop]
+    n = stop - start
     one = z.dtype.type(1)
     zero = z.dtype.type(0)
     if act == ACT_RELU:
-        for i in range(start, stop):
+        for i in range(n):
             v = z[i]
             a[i] = zero if v < zero else v  # NaN passes through, as in torch.relu
     elif act == ACT_SIGMOID:
-        for i in range(start, stop):
+        for i in range(n):
             v = z[i]
             # two branches keep exp() from overflowing for large |v|
             if v >= zero:
@@ -97,30 +101,34 @@ def _act_fwd_range(z, a, start, stop, act):
                 e = np.exp(v)
                 a[i] = e / (one + e)
     elif act == ACT_TANH:
-        for i in range(start, stop):
+        for i in range(n):
             a[i] = np.tanh(z[i])
     else:
-        for i in range(start, stop):
+        for i in range(n):
             a[i] = z[i]
 
 
 @njit(**_jit)
 def _act_bwd_range(a, da, dz, start, stop, act):
+    # views from the block start: indices from 0 let the loops vectorise
+    # (a runtime start index makes Numba allow for negative indices)
+    a, da, dz = a[start:stop], da[start:stop], dz[start:stop]
+    n = stop - start
     one = a.dtype.type(1)
     zero = a.dtype.type(0)
     if act == ACT_RELU:
-        for i in range(start, stop):
+        for i in range(n):
             dz[i] = zero if a[i] <= zero else da[i]
     elif act == ACT_SIGMOID:
-        for i in range(start, stop):
+        for i in range(n):
             ai = a[i]
             dz[i] = da[i] * (ai * (one - ai))
     elif act == ACT_TANH:
-        for i in range(start, stop):
+        for i in range(n):
             ai = a[i]
             dz[i] = da[i] * (one - ai * ai)
     else:
-        for i in range(start, stop):
+        for i in range(n):
             dz[i] = da[i]
 
 
@@ -376,12 +384,14 @@ def dense_forward(x, W, b, out):
 @njit(**_jit)
 def _colsum_block(dy, db, j0, j1):
     zero = db.dtype.type(0)
-    for j in range(j0, j1):
-        db[j] = zero
+    n = j1 - j0
+    dbv = db[j0:j1]  # views from the block start: see _act_fwd_range
+    for j in range(n):
+        dbv[j] = zero
     for i in range(dy.shape[0]):
-        row = dy[i]
-        for j in range(j0, j1):
-            db[j] += row[j]
+        row = dy[i, j0:j1]
+        for j in range(n):
+            dbv[j] += row[j]
 
 
 @njit(**_pjit)
@@ -631,22 +641,26 @@ def softmax_cross_entropy(logits, labels, grad, row_loss):
 # --------------------------------------------------------------------------
 @njit(**_jit)
 def _sgd_range(p, g, v, start, stop, lr, mom, wd, nesterov):
+    # views from the block start: indices from 0 let the loops vectorise
+    # (a runtime start index makes Numba allow for negative indices)
+    p, g, v = p[start:stop], g[start:stop], v[start:stop]
+    n = stop - start
     zero = p.dtype.type(0)
     if mom == zero:
         if wd == zero:
-            for i in range(start, stop):
+            for i in range(n):
                 p[i] -= lr * g[i]
         else:
-            for i in range(start, stop):
+            for i in range(n):
                 p[i] -= lr * (g[i] + wd * p[i])
     elif nesterov:
-        for i in range(start, stop):
+        for i in range(n):
             gi = g[i] + wd * p[i]
             vi = mom * v[i] + gi
             v[i] = vi
             p[i] -= lr * (gi + mom * vi)
     else:
-        for i in range(start, stop):
+        for i in range(n):
             gi = g[i] + wd * p[i]
             vi = mom * v[i] + gi
             v[i] = vi
@@ -718,7 +732,11 @@ def sum_squares(x):
 
 @njit(**_jit)
 def _scale_range(xf, c, start, stop):
-    for i in range(start, stop):
+    # views from the block start: indices from 0 let the loops vectorise
+    # (a runtime start index makes Numba allow for negative indices)
+    xf = xf[start:stop]
+    n = stop - start
+    for i in range(n):
         xf[i] *= c
 
 
