@@ -41,15 +41,9 @@ class CheckpointError(ValueError):
 
 def _layer_types():
     from . import layers
+    from .lstm import LSTM
 
-    types = {c.__name__: c for c in (layers.Dense, layers.ReLU, layers.Sigmoid, layers.Tanh)}
-    try:
-        from .lstm import LSTM
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        types["LSTM"] = LSTM
-    return types
+    return {c.__name__: c for c in (layers.Dense, layers.ReLU, layers.Sigmoid, layers.Tanh, LSTM)}
 
 
 def _jsonable(obj):

@@ -119,13 +119,7 @@ class Trainer:
             The loss before the update.  No finiteness check is made here;
             :meth:`fit` checks (see its ``on_nonfinite``).
         """
-        model = self.model
-        pred = model.forward(x)
-        value = self.loss.forward(pred, y)
-        model.backward(self.loss.backward(), need_input_grad=False)
-        value = self._reduce_gradients(value, x.shape[0])
-        self.optimizer.step()
-        return value
+        return self._checked_step(x, y, 0, 0, "ignore")
 
     # -- hooks for data-parallel training (see jitprop.distributed) -------------
     def _reduce_gradients(self, value, n):
@@ -150,10 +144,7 @@ class Trainer:
 
         Returns the loss, or None when the step was skipped."""
         model = self.model
-        pred = model.forward(x)
-        value = self.loss.forward(pred, y)
-        model.backward(self.loss.backward(), need_input_grad=False)
-        value = self._reduce_gradients(value, x.shape[0])
+        value = self._reduce_gradients(self._forward_backward(x, y), x.shape[0])
         if norms is not None:
             K.segment_norms(model.flat_grads, norms[0], norms[1])
         if policy == "ignore":
@@ -167,15 +158,17 @@ class Trainer:
         self.optimizer.step(grad_norm=math.sqrt(gsq))
         return value
 
-    def _raise_nonfinite(self, X, y, order, k, bs, epoch, value):
+    def _forward_backward(self, x, y):
+        """Forward, loss and backward (no update); returns the loss."""
+        value = self.loss.forward(self.model.forward(x), y)
+        self.model.backward(self.loss.backward(), need_input_grad=False)
+        return value
+
+    def _raise_nonfinite(self, X, y, order, k, bs, epoch):
         """Re-run step ``k`` layer by layer (without updating) to find where
         the non-finite values appear, then raise."""
         idx = order[k * bs:(k + 1) * bs]
-        xk = np.take(X, idx, axis=0)
-        yk = np.take(y, idx, axis=0)
-        pred = self.model.forward(xk)
-        value = self.loss.forward(pred, yk)
-        self.model.backward(self.loss.backward(), need_input_grad=False)
+        value = self._forward_backward(np.take(X, idx, axis=0), np.take(y, idx, axis=0))
         raise FloatingPointError(self._nonfinite_message(value, epoch, k))
 
     def _nonfinite_message(self, value, epoch, step):
@@ -351,17 +344,17 @@ class Trainer:
         # gradient-norm tracking: one segment per layer that has parameters
         if track_gradients:
             seg_layers = [li for li, layer in enumerate(self.model.layers) if layer.params]
+            # each layer's parameters are packed contiguously, in layer order
             offsets = np.zeros(len(seg_layers) + 1, np.int64)
             for j, li in enumerate(seg_layers):
-                sizes = [sl.stop - sl.start for (l2, _, sl) in self.model.param_slices if l2 == li]
-                first = min(sl.start for (l2, _, sl) in self.model.param_slices if l2 == li)
-                offsets[j] = first
-                offsets[j + 1] = first + sum(sizes)
+                sls = [sl for (l2, _, sl) in self.model.param_slices if l2 == li]
+                offsets[j], offsets[j + 1] = sls[0].start, sls[-1].stop
             gnorm = np.empty(len(seg_layers))
             gsum = np.zeros(len(seg_layers))
             hist.setdefault("grad_norms", [])
             hist.setdefault("param_norms", [])
             hist["norm_layers"] = [f"{li}:{self.model.layers[li]!r}" for li in seg_layers]
+        norms = (offsets, gnorm) if track_gradients else None
         # batch buffers, allocated once; np.take writes into their leading rows
         xb = np.empty((bs,) + X.shape[1:], X.dtype)
         yb = np.empty((bs,) + y.shape[1:], y.dtype)
@@ -394,7 +387,7 @@ class Trainer:
                     for j in range(done):
                         total += float(losses[j]) * min(bs, n - (k + j) * bs)
                     if done < k_end - k:
-                        self._raise_nonfinite(X, y, order, k + done, bs, epoch, float(losses[done]))
+                        self._raise_nonfinite(X, y, order, k + done, bs, epoch)
                     k = k_end
                     if time.perf_counter() - tc < 0.05:
                         chunk = min(chunk * 2, 1 << 20)
@@ -408,8 +401,7 @@ class Trainer:
                         xk, yk = xb[:m], yb[:m]
                     np.take(X, idx, axis=0, out=xk)
                     np.take(y, idx, axis=0, out=yk)
-                    value = self._checked_step(xk, yk, epoch, k, on_nonfinite,
-                                               (offsets, gnorm) if track_gradients else None)
+                    value = self._checked_step(xk, yk, epoch, k, on_nonfinite, norms)
                     if value is None:
                         skipped += 1
                         skipped_rows += min(bs, n - s)

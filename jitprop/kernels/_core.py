@@ -138,20 +138,20 @@ def _nchunks(n):
 
 
 @njit(**_jit)
-def _act_fwd_flat(zf, af, act, parallel_ok):
+def _act_fwd_flat(zf, af, act):
     """Serial part of the activation kernels: the whole range, or nothing
     when the caller will run the parallel loop (returns False then)."""
     n = zf.size
-    if n < _PAR_MIN or not parallel_ok:
+    if n < _PAR_MIN:
         _act_fwd_range(zf, af, 0, n, act)
         return True
     return False
 
 
 @njit(**_jit)
-def _act_bwd_flat(af, daf, dzf, act, parallel_ok):
+def _act_bwd_flat(af, daf, dzf, act):
     n = af.size
-    if n < _PAR_MIN or not parallel_ok:
+    if n < _PAR_MIN:
         _act_bwd_range(af, daf, dzf, 0, n, act)
         return True
     return False
@@ -173,7 +173,7 @@ def activation_forward(z, a, act):
     """
     zf = z.reshape(z.size)
     af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, act, True):
+    if not _act_fwd_flat(zf, af, act):
         n = zf.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
@@ -201,7 +201,7 @@ def activation_backward(a, da, dz, act):
     af = a.reshape(a.size)
     daf = da.reshape(da.size)
     dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, act, True):
+    if not _act_bwd_flat(af, daf, dzf, act):
         n = af.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
@@ -213,7 +213,7 @@ def sigmoid_forward(z, a):
     """``a = 1 / (1 + exp(-z))``, overflow-free.  Shapes as in :func:`activation_forward`."""
     zf = z.reshape(z.size)
     af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, ACT_SIGMOID, True):
+    if not _act_fwd_flat(zf, af, ACT_SIGMOID):
         n = zf.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
@@ -226,7 +226,7 @@ def sigmoid_backward(a, da, dz):
     af = a.reshape(a.size)
     daf = da.reshape(da.size)
     dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, ACT_SIGMOID, True):
+    if not _act_bwd_flat(af, daf, dzf, ACT_SIGMOID):
         n = af.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
@@ -238,7 +238,7 @@ def relu_forward(z, a):
     """``a = max(z, 0)`` (NaN passes through).  Shapes as in :func:`activation_forward`."""
     zf = z.reshape(z.size)
     af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, ACT_RELU, True):
+    if not _act_fwd_flat(zf, af, ACT_RELU):
         n = zf.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
@@ -251,7 +251,7 @@ def relu_backward(a, da, dz):
     af = a.reshape(a.size)
     daf = da.reshape(da.size)
     dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, ACT_RELU, True):
+    if not _act_bwd_flat(af, daf, dzf, ACT_RELU):
         n = af.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
@@ -263,7 +263,7 @@ def tanh_forward(z, a):
     """``a = tanh(z)``.  Shapes as in :func:`activation_forward`."""
     zf = z.reshape(z.size)
     af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, ACT_TANH, True):
+    if not _act_fwd_flat(zf, af, ACT_TANH):
         n = zf.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
@@ -276,7 +276,7 @@ def tanh_backward(a, da, dz):
     af = a.reshape(a.size)
     daf = da.reshape(da.size)
     dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, ACT_TANH, True):
+    if not _act_bwd_flat(af, daf, dzf, ACT_TANH):
         n = af.size
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
