@@ -8,6 +8,7 @@ parameter, gradient and momentum vectors, so the model, the optimizer and
 checkpoints see every update.
 """
 
+import numba
 import numpy as np
 
 from ._threads import single_thread_blas
@@ -19,13 +20,35 @@ from .losses import MSELoss, SoftmaxCrossEntropy
 #: Below this many multiply-adds in the largest product of a step, the fused
 #: path runs BLAS on one thread (mlp-small: 6.4M, mlp-mid: 51M).
 SMALL_PRODUCT = 1 << 24
+#: A batch is cut into parts of at least this many rows ...
+MIN_PART_ROWS = 32
+#: ... when its largest product has at least this many multiply-adds.
+MIN_PART_PRODUCT = 1 << 20
+#: At most this many parts.
+MAX_PARTS = 8
+
+
+def choose_parts(bs, largest):
+    """How many parts of a batch of ``bs`` rows run at the same time.
+
+    The number depends on the batch, the layer sizes and the machine's
+    number of cores (``numba.config.NUMBA_NUM_THREADS``), never on the
+    thread count set at run time, so ``set_num_threads`` does not change the
+    results.  Each part runs forward and backward with one-thread BLAS on its
+    rows, which on 2 cores beats splitting each product over 2 BLAS threads
+    (mlp-small: one 64-row product on 2 BLAS threads runs barely faster than
+    on one).
+    """
+    if largest < MIN_PART_PRODUCT:
+        return 1
+    return int(max(1, min(numba.config.NUMBA_NUM_THREADS, MAX_PARTS, bs // MIN_PART_ROWS)))
 
 
 class FusedMLP:
     """A ready-to-run plan of the fused path for one (trainer, data, batch size)."""
 
     @classmethod
-    def build(cls, trainer, X, y, bs):
+    def build(cls, trainer, X, y, bs, parts=None):
         """Return a plan, or None if the model/loss/data do not fit the fused path."""
         model, loss = trainer.model, trainer.loss
         if X.ndim != 2 or not isinstance(loss, (MSELoss, SoftmaxCrossEntropy)):
@@ -50,9 +73,9 @@ class FusedMLP:
                 return None
         elif y.ndim != 1:
             return None
-        return cls(trainer, X, y, bs, np.array(units, dtype=np.int64))
+        return cls(trainer, X, y, bs, np.array(units, dtype=np.int64), parts)
 
-    def __init__(self, trainer, X, y, bs, table):
+    def __init__(self, trainer, X, y, bs, table, parts=None):
         self.trainer = trainer
         self.model = trainer.model
         self.opt = trainer.optimizer
@@ -68,24 +91,31 @@ class FusedMLP:
             self.kind = K.LOSS_XENT
             self.Yf, self.Yi = np.zeros((0, n_out), dt), y
         widths = [int(table[0, 0])] + [int(w) for w in table[:, 1]]
+        largest = max(bs * int(r[0]) * int(r[1]) for r in table)
+        self.parts = choose_parts(bs, largest) if parts is None else max(1, min(int(parts), bs))
+        rows = -(-bs // self.parts)
         off = 0
         hoff = []
         for w in table[:, 1]:
             hoff.append(off)
-            off += bs * int(w)
+            off += rows * int(w)
         self.hoff = np.array(hoff, dtype=np.int64)
-        dmax = bs * max(widths)
+        dmax = rows * max(widths)
         self.d0, off = off, off + dmax
         self.d1, off = off, off + dmax
-        self.row_off, off = off, off + bs
-        self.xb_off, off = off, off + bs * X.shape[1]
-        self.yb_off, off = off, off + bs * n_out
-        self.ws = np.zeros(off, dt)
+        self.row_off, off = off, off + rows
+        self.xb_off, off = off, off + rows * X.shape[1]
+        self.yb_off, off = off, off + rows * n_out
+        self.stride = off
+        self.ws = np.zeros(self.parts * off, dt)
+        n_params = self.model.flat_params.size
+        self.gx = np.zeros((self.parts - 1, n_params), dt)
         self.yb_i = np.zeros(bs, np.int64)
         self.losses = np.zeros(0, np.float64)
-        # small products run faster on one BLAS thread (see single_thread_blas)
-        largest = max(bs * int(r[0]) * int(r[1]) for r in table)
-        self.small = largest < SMALL_PRODUCT
+        # BLAS runs on one thread while the parts run in parallel (threads
+        # must not multiply), and for small products, where waking OpenBLAS's
+        # threads costs more than it saves (see single_thread_blas)
+        self.single_blas = self.parts > 1 or largest < SMALL_PRODUCT
 
     def run(self, order, step0, step1, check):
         """Run steps ``[step0, step1)`` of the epoch with sample ``order``;
@@ -93,7 +123,7 @@ class FusedMLP:
         if self.losses.size < step1 - step0:
             self.losses = np.zeros(max(step1 - step0, 2 * self.losses.size), np.float64)
         m, opt = self.model, self.opt
-        with single_thread_blas(self.small):
+        with single_thread_blas(self.single_blas):
             done = self._run(order, step0, step1, check, m, opt)
         opt.steps += done
         return done
@@ -101,7 +131,7 @@ class FusedMLP:
     def _run(self, order, step0, step1, check, m, opt):
         return K.mlp_train_steps(
             self.X, self.Yf, self.Yi, order, self.bs, step0, step1, self.table,
-            m.flat_params, m.flat_grads, opt.velocity, self.ws, self.hoff, self.d0, self.d1,
-            self.row_off, self.xb_off, self.yb_off, self.yb_i, self.kind, opt.lr, opt.momentum,
-            opt.weight_decay, opt.nesterov, -1.0 if opt.clip_norm is None else opt.clip_norm,
-            bool(check), self.losses)
+            m.flat_params, m.flat_grads, self.gx, opt.velocity, self.ws, self.stride, self.hoff,
+            self.d0, self.d1, self.row_off, self.xb_off, self.yb_off, self.yb_i, self.kind, opt.lr,
+            opt.momentum, opt.weight_decay, opt.nesterov,
+            -1.0 if opt.clip_norm is None else opt.clip_norm, bool(check), self.losses)

@@ -28,11 +28,14 @@ def set_num_threads(n):
 
     Sets Numba's thread count (``numba.set_num_threads``, at most
     ``numba.config.NUMBA_NUM_THREADS``) and, when threadpoolctl is
-    installed, the BLAS thread count too.  BLAS is never called from inside a
-    parallel loop, so the two pools take turns rather than multiplying;
-    jitprop sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set) so that
-    Numba's idle OpenMP workers sleep instead of spinning on the cores the
-    next BLAS call needs.
+    installed, the BLAS thread count too.  Kernels that call BLAS from inside
+    a parallel loop (the fused MLP path with a batch cut into parts) run it on
+    one thread there, so the two pools never multiply; elsewhere they take
+    turns.  jitprop sets ``GOMP_SPINCOUNT=2000`` (unless ``OMP_WAIT_POLICY``
+    or ``GOMP_SPINCOUNT`` is set) so that Numba's idle OpenMP workers spin
+    only briefly before they sleep: long enough to catch the next parallel
+    loop without a wake-up (about 60 microseconds each here), short enough
+    not to starve the BLAS threads of the next product.
     """
     n = int(n)
     if n < 1:

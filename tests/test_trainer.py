@@ -154,3 +154,72 @@ def test_fused_path_stops_on_nonfinite_like_python_path(rng):
         msgs.append((str(err.value), model.get_params()))
     assert msgs[0][0] == msgs[1][0]
     np.testing.assert_array_equal(msgs[0][1], msgs[1][1])
+
+
+# --------------------------------------------------------------------------
+# the fused path with a batch cut into parts that run at the same time
+# --------------------------------------------------------------------------
+def _parts_run(X, y, parts, dtype, loss_name="xent", threads=None, bs=64, opt_kw=None, epochs=2):
+    from jitprop._fused import FusedMLP
+
+    model = jp.Sequential([jp.Dense(X.shape[1], 40, dtype=dtype, seed=2), jp.ReLU(),
+                           jp.Dense(40, 24, dtype=dtype, seed=3), jp.Sigmoid(),
+                           jp.Dense(24, 3, dtype=dtype, seed=4)])
+    loss = jp.MSELoss() if loss_name == "mse" else jp.SoftmaxCrossEntropy()
+    tr = jp.Trainer(model, loss, jp.SGD(model, **(opt_kw or dict(lr=0.05, momentum=0.9))))
+    Xc = np.ascontiguousarray(X, dtype=dtype)
+    yc = np.ascontiguousarray(y, dtype=dtype) if loss_name == "mse" else y
+    plan = FusedMLP.build(tr, Xc, yc, bs, parts=parts)
+    assert plan.parts == parts
+    old = jp.get_num_threads()
+    if threads is not None:
+        jp.set_num_threads(threads)
+    try:
+        losses = []
+        n_steps = -(-X.shape[0] // bs)
+        for e in range(epochs):
+            order = np.random.default_rng(e).permutation(X.shape[0]).astype(np.int64)
+            assert plan.run(order, 0, n_steps, True) == n_steps
+            losses.append(plan.losses[:n_steps].copy())
+    finally:
+        jp.set_num_threads(old)
+    return model.get_params(), np.concatenate(losses)
+
+
+@pytest.mark.parametrize("loss_name", ["xent", "mse"])
+@pytest.mark.parametrize("parts", [2, 3, 8])
+def test_batch_parts_give_the_batch_gradient(rng, loss_name, parts):
+    """Cutting each batch into parts changes only the order of additions:
+    in float64 the training run matches the one-part run to rounding.
+    203 rows in batches of 64: the last batch (11 rows) has fewer rows than
+    some part counts have parts."""
+    X, y = blobs(rng, 203)
+    if loss_name == "mse":
+        y = np.eye(3)[y] + 0.1 * rng.standard_normal((203, 3))
+    opt_kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, clip_norm=0.5)
+    p1, l1 = _parts_run(X, y, 1, np.float64, loss_name, opt_kw=opt_kw)
+    pk, lk = _parts_run(X, y, parts, np.float64, loss_name, opt_kw=opt_kw)
+    np.testing.assert_allclose(pk, p1, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(lk, l1, rtol=1e-11)
+    assert not np.array_equal(p1, _parts_run(X, y, 1, np.float64, loss_name, epochs=1, opt_kw=opt_kw)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_parts_one_thread_equals_two(rng, dtype):
+    X, y = blobs(rng, 203)
+    a = _parts_run(X, y, 2, dtype, threads=1)
+    b = _parts_run(X, y, 2, dtype, threads=2)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_batch_parts_choice():
+    from jitprop._fused import MIN_PART_ROWS, choose_parts
+
+    assert choose_parts(1, 1) == 1                    # mlp-tiny
+    assert choose_parts(64, 100) == 1                 # small products: one part
+    k = choose_parts(64, 64 * 784 * 128)              # mlp-small
+    assert 1 <= k <= 64 // MIN_PART_ROWS
+    import numba
+
+    assert k == min(numba.config.NUMBA_NUM_THREADS, 2)

@@ -80,10 +80,43 @@ _pjit = dict(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 # elementwise activations
 # --------------------------------------------------------------------------
 @njit(**_jit)
+def _same_data(x, y):
+    return x.ctypes.data == y.ctypes.data
+
+
+@njit(**_jit)
+def _act_inplace(a, act):
+    """``a = f(a)`` over a 1-D view.  In place kernels take one array: with
+    two arguments that might overlap, LLVM vectorises behind a run-time
+    overlap check, and an exact in-place call fails it and runs scalar."""
+    n = a.size
+    one = a.dtype.type(1)
+    zero = a.dtype.type(0)
+    if act == ACT_RELU:
+        for i in range(n):
+            v = a[i]
+            a[i] = zero if v < zero else v  # NaN passes through, as in torch.relu
+    elif act == ACT_SIGMOID:
+        for i in range(n):
+            v = a[i]
+            # exp of -|v| never overflows; both quotients are formed and one
+            # is selected, with no branch on the sign of v to mispredict
+            e = np.exp(-np.abs(v))
+            d = one + e
+            a[i] = one / d if v >= zero else e / d
+    elif act == ACT_TANH:
+        for i in range(n):
+            a[i] = np.tanh(a[i])
+
+
+@njit(**_jit)
 def _act_fwd_range(z, a, start, stop, act):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
     z, a = z[start:stop], a[start:stop]
+    if _same_data(z, a):
+        _act_inplace(a, act)
+        return
     n = stop - start
     one = z.dtype.type(1)
     zero = z.dtype.type(0)
@@ -94,12 +127,9 @@ def _act_fwd_range(z, a, start, stop, act):
     elif act == ACT_SIGMOID:
         for i in range(n):
             v = z[i]
-            # two branches keep exp() from overflowing for large |v|
-            if v >= zero:
-                a[i] = one / (one + np.exp(-v))
-            else:
-                e = np.exp(v)
-                a[i] = e / (one + e)
+            e = np.exp(-np.abs(v))
+            d = one + e
+            a[i] = one / d if v >= zero else e / d
     elif act == ACT_TANH:
         for i in range(n):
             a[i] = np.tanh(z[i])
@@ -109,16 +139,44 @@ def _act_fwd_range(z, a, start, stop, act):
 
 
 @njit(**_jit)
+def _act_bwd_inplace(a, d, act):
+    """``d = d * f'(a)`` (from the saved output ``a``), one write array."""
+    n = a.size
+    one = a.dtype.type(1)
+    zero = a.dtype.type(0)
+    if act == ACT_RELU:
+        for i in range(n):
+            # both loads before the select: a branch on the sign of a[i]
+            # is mispredicted half the time on real data (5 ns per element)
+            ai = a[i]
+            di = d[i]
+            d[i] = zero if ai <= zero else di
+    elif act == ACT_SIGMOID:
+        for i in range(n):
+            ai = a[i]
+            d[i] = d[i] * (ai * (one - ai))
+    elif act == ACT_TANH:
+        for i in range(n):
+            ai = a[i]
+            d[i] = d[i] * (one - ai * ai)
+
+
+@njit(**_jit)
 def _act_bwd_range(a, da, dz, start, stop, act):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
     a, da, dz = a[start:stop], da[start:stop], dz[start:stop]
+    if _same_data(da, dz):
+        _act_bwd_inplace(a, dz, act)
+        return
     n = stop - start
     one = a.dtype.type(1)
     zero = a.dtype.type(0)
     if act == ACT_RELU:
         for i in range(n):
-            dz[i] = zero if a[i] <= zero else da[i]
+            ai = a[i]
+            di = da[i]
+            dz[i] = zero if ai <= zero else di
     elif act == ACT_SIGMOID:
         for i in range(n):
             ai = a[i]
@@ -312,12 +370,19 @@ def _matmul(a, b, out):
 
 @njit(**_jit)
 def _bias_act_row(out, b, i, act):
+    """``out[i] = f(out[i] + b)`` in place, in one pass for ReLU and identity."""
     m = out.shape[1]
     row = out[i]
-    for j in range(m):
-        row[j] += b[j]
-    if act != ACT_IDENTITY:
-        _act_fwd_range(row, row, 0, m, act)
+    if act == ACT_RELU:
+        zero = out.dtype.type(0)
+        for j in range(m):
+            v = row[j] + b[j]
+            row[j] = zero if v < zero else v
+    else:
+        for j in range(m):
+            row[j] += b[j]
+        if act != ACT_IDENTITY:
+            _act_inplace(row, act)
 
 
 @njit(**_jit)
@@ -814,67 +879,157 @@ LOSS_XENT = 1
 
 
 @njit(**_jit)
-def _mlp_step(xb, yb_f, yb_i, m, table, params, grads, ws, hoff, d0, d1, row_off, loss_kind):
-    """Forward, loss and backward of one batch of ``m`` rows already gathered
-    into ``xb``; returns the loss.  Uses the serial twins of the kernels of
-    the layer-by-layer Python path (the same arithmetic per element, in the
-    same order), so the results are bitwise equal.  It calls no parallel
-    function: a cached function that embeds another module-level parallel
-    function's loops is not reliably reloaded from Numba's cache."""
+def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff, d0, d1, row_off,
+              xb_off, yb_off, yb_i, loss_kind):
+    """Forward, loss and backward of rows ``r0 .. r1-1`` of the batch whose
+    first sample is ``order[s]``, into the gradient vector ``g``.
+
+    ``pw`` is this part's workspace (offsets as in :func:`mlp_train_steps`);
+    the row losses are left in ``pw[row_off:row_off + r1 - r0]``.  The loss is
+    scaled by the whole batch, ``m_total`` rows, so the gradients of the parts
+    add up to the gradient of the batch.  With one part holding the whole
+    batch this is, element by element and in the same order, what the
+    layer-by-layer Python path computes, so the results are bitwise equal.
+    It calls no parallel function: a cached function that embeds another
+    module-level parallel function's loops is not reliably reloaded from
+    Numba's cache."""
+    F = X.shape[1]
+    m = r1 - r0
     L = table.shape[0]
+    nlast = table[L - 1, 1]
+    xb = pw[xb_off:xb_off + m * F].reshape((m, F))
+    for i in range(m):
+        r = order[s + r0 + i]
+        xr = X[r]
+        xbr = xb[i]
+        for j in range(F):
+            xbr[j] = xr[j]
     h_prev = xb
     for l in range(L):
         nin, nout, act, oW, ob = table[l, 0], table[l, 1], table[l, 2], table[l, 3], table[l, 4]
         W = params[oW:oW + nin * nout].reshape((nin, nout))
         b = params[ob:ob + nout]
-        h = ws[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
+        h = pw[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
         _dense_fwd_serial(h_prev, W, b, h, act)
         h_prev = h
-    nlast = table[L - 1, 1]
-    g = ws[d0:d0 + m * nlast].reshape((m, nlast))
-    row = ws[row_off:row_off + m]
+    gl = pw[d0:d0 + m * nlast].reshape((m, nlast))
+    row = pw[row_off:row_off + m]
+    dt = params.dtype.type
     if loss_kind == LOSS_MSE:
-        value = _mse_serial(h_prev, yb_f, g, row)
-    else:
+        yb_f = pw[yb_off:yb_off + m * nlast].reshape((m, nlast))
         for i in range(m):
-            if yb_i[i] < 0 or yb_i[i] >= nlast:
-                raise ValueError("mlp_train_steps: a label is outside [0, n_classes)")
-        value = _xent_serial(h_prev, yb_i, g, row)
-    dcur = g
+            r = order[s + r0 + i]
+            for j in range(nlast):
+                yb_f[i, j] = Y_f[r, j]
+        scale = dt(2) / dt(m_total * nlast)
+        for i in range(m):
+            _mse_row(h_prev, yb_f, gl, row, i, scale)
+    else:
+        yi = yb_i[r0:r1]
+        for i in range(m):
+            yi[i] = Y_i[order[s + r0 + i]]
+        inv_n = dt(1) / dt(m_total)
+        for i in range(m):
+            _xent_row(h_prev, yi, gl, row, i, inv_n)
+    dcur = gl
     use0 = False  # dcur lives in buffer d0; the next dx goes to the other one
     for l in range(L - 1, -1, -1):
         nin, nout, act, oW, ob = table[l, 0], table[l, 1], table[l, 2], table[l, 3], table[l, 4]
-        a = ws[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
+        a = pw[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
         if act != ACT_IDENTITY:
             af = a.reshape(a.size)
             df = dcur.reshape(dcur.size)
             _act_bwd_range(af, df, df, 0, af.size, act)
         W = params[oW:oW + nin * nout].reshape((nin, nout))
-        dW = grads[oW:oW + nin * nout].reshape((nin, nout))
-        db = grads[ob:ob + nout]
+        dW = g[oW:oW + nin * nout].reshape((nin, nout))
+        db = g[ob:ob + nout]
         if l == 0:
             _dense_bwd_serial(xb, W, dcur, dcur, dW, db, False)
         else:
             pin = table[l - 1, 1]
-            x_in = ws[hoff[l - 1]:hoff[l - 1] + m * pin].reshape((m, pin))
+            x_in = pw[hoff[l - 1]:hoff[l - 1] + m * pin].reshape((m, pin))
             o = d0 if use0 else d1
-            dprev = ws[o:o + m * nin].reshape((m, nin))
+            dprev = pw[o:o + m * nin].reshape((m, nin))
             _dense_bwd_serial(x_in, W, dcur, dprev, dW, db, True)
             dcur = dprev
             use0 = not use0
-    return value
 
 
 @njit(**_jit)
-def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, velocity, ws, hoff,
-                    d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, lr, momentum, weight_decay,
-                    nesterov, clip_norm, check, losses):
+def _check_labels(Y_i, order, s, m, n_classes):
+    for i in range(m):
+        y = Y_i[order[s + i]]
+        if y < 0 or y >= n_classes:
+            raise ValueError("mlp_train_steps: a label is outside [0, n_classes)")
+
+
+@njit(**_jit)
+def _batch_loss(ws, stride, row_off, m, rows, loss_kind, nlast):
+    """The batch loss from the parts' row losses, rows summed in batch order
+    in float64 (the same order whatever the number of parts)."""
+    s = 0.0
+    r0 = 0
+    p = 0
+    while r0 < m:
+        r1 = min(m, r0 + rows)
+        row = ws[p * stride + row_off:p * stride + row_off + r1 - r0]
+        for i in range(r1 - r0):
+            s += row[i]
+        r0 = r1
+        p += 1
+    if loss_kind == LOSS_MSE:
+        return s / (m * nlast)
+    return s / m
+
+
+@njit(**_jit)
+def _add_parts_range(g, gx, nparts, start, stop):
+    """``g[start:stop] += gx[0] + ... + gx[nparts - 2]`` on that range, adding
+    the parts one by one in order."""
+    gv = g[start:stop]
+    n = stop - start
+    for q in range(nparts - 1):
+        xv = gx[q, start:stop]
+        for i in range(n):
+            gv[i] += xv[i]
+
+
+@njit(**_jit)
+def _clip_and_check(grads, value, check, clip_norm):
+    """Returns False (and changes nothing) if ``check`` and the loss or the
+    gradients are not finite; else clips the gradients if asked."""
+    gsq = -1.0
+    if check:
+        gsq = sum_squares(grads)
+        if not (np.isfinite(value) and np.isfinite(gsq)):
+            return False
+    if clip_norm >= 0.0:
+        if gsq < 0.0:
+            norm = np.sqrt(sum_squares(grads))
+        else:
+            norm = np.sqrt(gsq)
+        coef = clip_norm / (norm + 1e-6)
+        if coef < 1.0:
+            _scale_range(grads, grads.dtype.type(coef), 0, grads.size)
+    return True
+
+
+@njit(**_pjit)
+def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, gx, velocity, ws,
+                    stride, hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, lr, momentum,
+                    weight_decay, nesterov, clip_norm, check, losses):
     """Run SGD steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
 
     Step ``k`` trains on rows ``order[k*bs : (k+1)*bs]`` of ``X`` (the last
-    batch may be shorter), exactly as :meth:`jitprop.Trainer.fit` does layer
-    by layer in Python, with the same kernels in the same order, so results
-    are bitwise identical to that path.
+    batch may be shorter).  Each batch is cut into ``gx.shape[0] + 1`` parts
+    of ``ceil(m / parts)`` consecutive rows, and the parts run forward,
+    loss and backward at the same time (a ``prange`` over parts, each with
+    its own workspace and gradient vector; BLAS must run on one thread while
+    they do).  Their gradients are then added in part order and SGD updates
+    the parameters, both in parallel over chunks of the parameter vector.
+    The number of parts, not the number of threads, fixes the arithmetic, so
+    the results are the same for any thread count; with one part they are
+    bitwise those of :meth:`jitprop.Trainer.fit` layer by layer in Python.
 
     Parameters
     ----------
@@ -887,10 +1042,14 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
         Per dense layer: ``n_in, n_out, activation code, offset of W, offset of b``
         in ``params``/``grads``.
     params, grads, velocity : ndarray (P,), the model's flat vectors
-    ws : ndarray, float workspace; ``hoff[l]`` (int64 array) is the offset of
-        layer l's output (bs, n_out); ``d0``/``d1`` offsets of two gradient
-        buffers of bs*max(width); ``row_off`` of (bs,) loss rows; ``xb_off``
-        of the (bs, F) input batch; ``yb_off`` of (bs, n_out) float targets.
+    gx : ndarray (parts - 1, P), gradient vectors of parts 1, 2, ...
+        (part 0 writes ``grads``); shape (0, P) for one part
+    ws : ndarray (parts * stride,), float workspace, ``stride`` per part.
+        Within a part's block, for ``rows = ceil(bs / parts)``: ``hoff[l]``
+        (int64 array) is the offset of layer l's output (rows, n_out);
+        ``d0``/``d1`` offsets of two gradient buffers of rows*max(width);
+        ``row_off`` of (rows,) loss rows; ``xb_off`` of the (rows, F) input
+        batch; ``yb_off`` of (rows, n_out) float targets.
     yb_i : ndarray (bs,), int64, label batch buffer
     loss_kind : int, ``LOSS_MSE`` or ``LOSS_XENT``
     lr, momentum, weight_decay : float; nesterov : bool
@@ -905,41 +1064,56 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
         The number of steps applied; less than ``step1 - step0`` when a
         non-finite step was found (that step is not applied).
     """
-    N, F = X.shape
-    nout_last = table[table.shape[0] - 1, 1]
+    N = X.shape[0]
+    P = params.size
+    nparts = gx.shape[0] + 1
+    nlast = table[table.shape[0] - 1, 1]
+    dt = params.dtype.type
+    lr_, mom, wd = dt(lr), dt(momentum), dt(weight_decay)
+    nch = (P + _CHUNK - 1) // _CHUNK
+    par_update = P >= _PAR_MIN
     for k in range(step0, step1):
         s = k * bs
         m = min(bs, N - s)
-        xb = ws[xb_off:xb_off + m * F].reshape((m, F))
-        for i in range(m):
-            r = order[s + i]
-            for j in range(F):
-                xb[i, j] = X[r, j]
-        yb_f = ws[yb_off:yb_off + m * nout_last].reshape((m, nout_last))
-        yi = yb_i[:m]
-        if loss_kind == LOSS_MSE:
-            for i in range(m):
-                r = order[s + i]
-                for j in range(nout_last):
-                    yb_f[i, j] = Y_f[r, j]
+        if loss_kind == LOSS_XENT:
+            _check_labels(Y_i, order, s, m, nlast)
+        rows = (m + nparts - 1) // nparts
+        active = (m + rows - 1) // rows  # parts that hold rows (fewer for a short batch)
+        if active == 1:
+            _mlp_part(X, Y_f, Y_i, order, s, 0, m, m, table, params, grads, ws[0:stride], hoff,
+                      d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
         else:
-            for i in range(m):
-                yi[i] = Y_i[order[s + i]]
-        value = _mlp_step(xb, yb_f, yi, m, table, params, grads, ws, hoff, d0, d1, row_off, loss_kind)
+            for p in prange(active):
+                r0 = p * rows
+                r1 = min(m, r0 + rows)
+                pw = ws[p * stride:(p + 1) * stride]
+                if p == 0:
+                    _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m, table, params, grads, pw, hoff,
+                              d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
+                else:
+                    _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m, table, params, gx[p - 1], pw, hoff,
+                              d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
+        value = _batch_loss(ws, stride, row_off, m, rows, loss_kind, nlast)
         losses[k - step0] = value
-        gsq = -1.0
-        if check:
-            gsq = sum_squares(grads)
-            if not (np.isfinite(value) and np.isfinite(gsq)):
-                return k - step0
-        if clip_norm >= 0.0:
-            if gsq < 0.0:
-                norm = np.sqrt(sum_squares(grads))
+        if active > 1 and (check or clip_norm >= 0.0):
+            # the whole gradient is needed before the step can be checked or clipped
+            if par_update:
+                for c in prange(nch):
+                    c0 = c * _CHUNK
+                    _add_parts_range(grads, gx, active, c0, min(c0 + _CHUNK, P))
             else:
-                norm = np.sqrt(gsq)
-            coef = clip_norm / (norm + 1e-6)
-            if coef < 1.0:
-                _scale_range(grads, grads.dtype.type(coef), 0, grads.size)
-        dt = params.dtype.type
-        _sgd_range(params, grads, velocity, 0, params.size, dt(lr), dt(momentum), dt(weight_decay), nesterov)
+                _add_parts_range(grads, gx, active, 0, P)
+            active = 1
+        if not _clip_and_check(grads, value, check, clip_norm):
+            return k - step0
+        # add the parts' gradients (if not done yet) and update, chunk by chunk
+        if par_update:
+            for c in prange(nch):
+                c0 = c * _CHUNK
+                c1 = min(c0 + _CHUNK, P)
+                _add_parts_range(grads, gx, active, c0, c1)
+                _sgd_range(params, grads, velocity, c0, c1, lr_, mom, wd, nesterov)
+        else:
+            _add_parts_range(grads, gx, active, 0, P)
+            _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
     return step1 - step0
