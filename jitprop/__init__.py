@@ -16,9 +16,13 @@ import os as _os
 # of tens of microseconds at every parallel loop instead.  A short spin keeps
 # both costs small (see docs/performance.md), unless the user chose a policy.
 # This takes effect when the OpenMP runtime starts, i.e. if jitprop is
-# imported before anything else starts it.
-if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
-    _os.environ["GOMP_SPINCOUNT"] = "2000"
+# imported before anything else starts it.  JITPROP_OMP_DEFAULTS=0 leaves the
+# OpenMP environment alone (the benchmark's PyTorch workers use it, so that
+# PyTorch runs with its own defaults).  _OMP_ENV_SET records what was set.
+_OMP_ENV_SET = {}
+if (_os.environ.get("JITPROP_OMP_DEFAULTS", "1") != "0" and "OMP_WAIT_POLICY" not in _os.environ
+        and "GOMP_SPINCOUNT" not in _os.environ):
+    _os.environ["GOMP_SPINCOUNT"] = _OMP_ENV_SET["GOMP_SPINCOUNT"] = "2000"
 
 from ._threads import get_num_threads, set_num_threads, threading_layer
 from .checkpoint import CheckpointError, load

@@ -8,10 +8,9 @@ parameter, gradient and momentum vectors, so the model, the optimizer and
 checkpoints see every update.
 """
 
-import numba
 import numpy as np
 
-from ._threads import single_thread_blas
+from ._threads import batch_parts, single_thread_blas
 from .kernels import raw as K
 from .layers import Activation, Dense
 from .losses import MSELoss, SoftmaxCrossEntropy
@@ -24,24 +23,20 @@ SMALL_PRODUCT = 1 << 24
 MIN_PART_ROWS = 32
 #: ... when its largest product has at least this many multiply-adds.
 MIN_PART_PRODUCT = 1 << 20
-#: At most this many parts.
-MAX_PARTS = 8
 
 
 def choose_parts(bs, largest):
     """How many parts of a batch of ``bs`` rows run at the same time.
 
-    The number depends on the batch, the layer sizes and the machine's
-    number of cores (``numba.config.NUMBA_NUM_THREADS``), never on the
-    thread count set at run time, so ``set_num_threads`` does not change the
-    results.  Each part runs forward and backward with one-thread BLAS on its
-    rows, which on 2 cores beats splitting each product over 2 BLAS threads
+    Each part runs forward and backward with one-thread BLAS on its rows;
+    on 2 cores that beats splitting every product over 2 BLAS threads
     (mlp-small: one 64-row product on 2 BLAS threads runs barely faster than
-    on one).
+    on one).  The count does not depend on :func:`jitprop.set_num_threads`
+    (see :func:`jitprop._threads.batch_parts`).
     """
     if largest < MIN_PART_PRODUCT:
         return 1
-    return int(max(1, min(numba.config.NUMBA_NUM_THREADS, MAX_PARTS, bs // MIN_PART_ROWS)))
+    return batch_parts(bs, MIN_PART_ROWS)
 
 
 class FusedMLP:

@@ -47,6 +47,24 @@ def set_num_threads(n):
     _blas_limit(n)
 
 
+#: At most this many parts of a batch run at the same time.
+MAX_PARTS = 8
+
+
+def batch_parts(n_rows, min_rows):
+    """Into how many parts of at least ``min_rows`` rows a batch of
+    ``n_rows`` is cut, for kernels that run the parts at the same time (each
+    with one-thread BLAS).
+
+    The count depends on the batch and on the machine's number of cores
+    (``numba.config.NUMBA_NUM_THREADS``, fixed when Numba starts), never on
+    :func:`set_num_threads`, so changing the thread count at run time does
+    not change the results.  With ``NUMBA_NUM_THREADS=1`` every batch is one
+    part.
+    """
+    return int(max(1, min(numba.config.NUMBA_NUM_THREADS, MAX_PARTS, n_rows // max(1, min_rows))))
+
+
 def get_num_threads():
     """Numba's current thread count."""
     return numba.get_num_threads()
@@ -102,12 +120,27 @@ def _blas_controller():
 @contextlib.contextmanager
 def single_thread_blas(active=True):
     """Run the block with one BLAS thread (if ``active`` and threadpoolctl is
-    installed).  For loops of small matrix products: waking OpenBLAS's
-    threads for each small product costs more than it saves (mlp-small
-    trained 1.8x faster with one BLAS thread than with two)."""
+    installed).
+
+    For loops of small matrix products (waking OpenBLAS's threads for each
+    small product costs more than it saves: mlp-small trained 1.8x faster
+    with one BLAS thread than with two), and for kernels that call BLAS from
+    inside a parallel loop (one BLAS thread per Numba thread).  Switching
+    costs a few microseconds: the thread count is set through threadpoolctl's
+    per-library controllers directly, and only where it is not 1 already.
+    """
     ctl = _blas_controller() if active else None
     if ctl is None:
         yield
         return
-    with ctl.limit(limits=1):
+    libs = ctl.lib_controllers
+    old = [lib.get_num_threads() for lib in libs]
+    for lib, n in zip(libs, old):
+        if n != 1:
+            lib.set_num_threads(1)
+    try:
         yield
+    finally:
+        for lib, n in zip(libs, old):
+            if n != 1:
+                lib.set_num_threads(n)

@@ -318,8 +318,17 @@ _BOOT = ("import json, os, sys\n"
 # --------------------------------------------------------------------------- #
 # Parent side
 # --------------------------------------------------------------------------- #
-def _worker_env(threads):
+def _worker_env(threads, framework="jitprop"):
     env = dict(os.environ)
+    if framework != "jitprop":
+        # importing jitprop (this module's package) set OpenMP wait defaults
+        # for jitprop's threads; a peer must run with its own defaults
+        import jitprop
+
+        for var, value in jitprop._OMP_ENV_SET.items():
+            if env.get(var) == value:
+                del env[var]
+        env["JITPROP_OMP_DEFAULTS"] = "0"
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
         env[var] = str(threads)
@@ -345,7 +354,7 @@ def run_worker(payload, threads, pin, timeout):
     payload = dict(payload, threads=threads, cpus=_cpus_for(threads, pin))
     try:
         proc = subprocess.run([sys.executable, "-c", _BOOT, json.dumps(payload)],
-                              env=_worker_env(threads), capture_output=True, text=True,
+                              env=_worker_env(threads, payload["job"]), capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": "timed out after %.0f s" % timeout}

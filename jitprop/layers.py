@@ -90,6 +90,12 @@ class Layer:
         internal buffer), or None when ``need_dx`` is False."""
         raise NotImplementedError
 
+    def one_thread_blas(self, batch):
+        """Whether this layer's kernels call BLAS from inside parallel loops
+        for a batch of this size (then the training step runs on one-thread
+        BLAS; see :meth:`jitprop.Sequential.one_thread_blas`)."""
+        return False
+
     def get_config(self):
         """Constructor arguments as a JSON-able dict (for checkpoints)."""
         return {}

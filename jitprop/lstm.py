@@ -3,10 +3,15 @@
 import numpy as np
 
 from ._checks import as_float_dtype, check_int
+from ._threads import batch_parts, single_thread_blas
 from .kernels import _lstm as KL
 from .layers import Layer
 
 __all__ = ["LSTM"]
+
+#: The batch is cut into parts of at least this many rows that run the whole
+#: sequence at the same time (see :func:`jitprop.kernels._lstm.lstm_forward`).
+MIN_PART_ROWS = 8
 
 
 class LSTM(Layer):
@@ -131,8 +136,10 @@ class LSTM(Layer):
                                  f"call reset_state() before changing the batch size")
         else:
             h0 = c0 = self._buffer("zeros_state", (B, H), dt, zero=True)
-        KL.lstm_forward(x, self.params["W_x"], self.params["W_h"], self.params["b"], h0, c0,
-                        h_seq, h_T, c_T, gates, states, step_ws)
+        parts = batch_parts(B, MIN_PART_ROWS)
+        with single_thread_blas(parts > 1):
+            KL.lstm_forward(x, self.params["W_x"], self.params["W_h"], self.params["b"], h0, c0,
+                            h_seq, h_T, c_T, gates, states, step_ws, parts)
         if self.stateful:
             # h0/c0 are not needed by backward, so the carry buffers may be
             # overwritten now, even when they were this call's h0/c0
@@ -169,11 +176,20 @@ class LSTM(Layer):
         dgates = self._buffer("dgates", (B, T, 4 * H), dt)
         step_ws = self._buffer("step_ws", (B, 4 * H), dt)
         dx = self._buffer("dx", (B, T, self.n_in), dt) if need_dx else None
-        KL.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
-                         gates, states, dx, self.grads["W_x"], self.grads["W_h"], self.grads["b"],
-                         dh0, dc0, dgates, step_ws)
+        g = self.grads
+        parts = batch_parts(B, MIN_PART_ROWS)
+        dw_ws = None
+        if parts > 1:
+            dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 4 * H), dt)
+        with single_thread_blas(parts > 1):
+            KL.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
+                             gates, states, dx, g["W_x"], g["W_h"], g["b"], dh0, dc0, dgates, step_ws,
+                             parts, dw_ws)
         self.dh0, self.dc0 = dh0, dc0
         return dx
+
+    def one_thread_blas(self, batch):
+        return batch_parts(batch, MIN_PART_ROWS) > 1
 
     def get_config(self):
         return {"n_in": self.n_in, "n_hidden": self.n_hidden, "return_sequences": self.return_sequences,

@@ -190,6 +190,14 @@ class Sequential:
             raise ValueError("x has no rows")
         return out
 
+    def one_thread_blas(self, batch):
+        """Whether a training step on ``batch`` rows should run with one BLAS
+        thread: True when a layer calls BLAS from inside parallel loops
+        (an :class:`~jitprop.LSTM` whose batch is cut into parts).  The
+        trainer then keeps OpenBLAS's own threads idle for the whole step, so
+        that they do not compete with Numba's threads for the cores."""
+        return any(layer.one_thread_blas(batch) for layer in self.layers)
+
     def buffer_bytes(self):
         """Bytes held by parameters, gradients and every layer's buffers."""
         return self.flat_params.nbytes + self.flat_grads.nbytes + sum(layer.buffer_bytes() for layer in self.layers)

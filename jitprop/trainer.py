@@ -10,6 +10,7 @@ import numpy as np
 from . import _threads
 from .kernels import raw as K
 from ._fused import FusedMLP
+from ._threads import single_thread_blas
 from .losses import Loss
 from .model import Sequential
 from .optim import SGD
@@ -160,8 +161,13 @@ class Trainer:
 
     def _forward_backward(self, x, y):
         """Forward, loss and backward (no update); returns the loss."""
-        value = self.loss.forward(self.model.forward(x), y)
-        self.model.backward(self.loss.backward(), need_input_grad=False)
+        # a model whose kernels run BLAS inside parallel loops (an LSTM cut
+        # into batch parts) runs the whole step on one-thread BLAS: OpenBLAS's
+        # own threads, spinning between the other layers' products, would
+        # compete with Numba's for the cores
+        with single_thread_blas(self.model.one_thread_blas(x.shape[0])):
+            value = self.loss.forward(self.model.forward(x), y)
+            self.model.backward(self.loss.backward(), need_input_grad=False)
         return value
 
     def _raise_nonfinite(self, X, y, order, k, bs, epoch):

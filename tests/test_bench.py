@@ -65,3 +65,30 @@ def test_quick_run_jitprop_only_json_output():
     assert row["steps_per_repeat"] >= 1
     assert row["final_loss"] is not None and math.isfinite(row["final_loss"])
     assert "error" not in row
+
+
+def test_peer_workers_run_with_their_own_openmp_defaults(monkeypatch):
+    """Importing jitprop sets a short OpenMP spin for jitprop's threads; the
+    PyTorch worker must not inherit it (it would change PyTorch's own
+    threading), while jitprop's worker keeps it."""
+    import jitprop
+    from jitprop import bench
+
+    monkeypatch.setattr(jitprop, "_OMP_ENV_SET", {"GOMP_SPINCOUNT": "2000"})
+    monkeypatch.setenv("GOMP_SPINCOUNT", "2000")
+    peer = bench._worker_env(2, "torch")
+    assert "GOMP_SPINCOUNT" not in peer and peer["JITPROP_OMP_DEFAULTS"] == "0"
+    own = bench._worker_env(2, "jitprop")
+    assert own["GOMP_SPINCOUNT"] == "2000" and "JITPROP_OMP_DEFAULTS" not in own
+    # a value the user chose is passed to every worker alike
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5000")
+    assert bench._worker_env(2, "torch")["GOMP_SPINCOUNT"] == "5000"
+    # and a worker told to keep the defaults does not set them on import
+    code = "import os, jitprop; print(os.environ.get('GOMP_SPINCOUNT'), jitprop._OMP_ENV_SET)"
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, JITPROP_OMP_DEFAULTS="0"),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["None", "{}"]
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "2000"

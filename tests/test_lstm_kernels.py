@@ -64,26 +64,36 @@ def alloc(B, T, n_in, H, dtype):
             for k, s in L.lstm_workspace_shapes(B, T, n_in, H).items()}
 
 
-def run_forward(p, ws, fwd=None):
+def run_forward(p, ws, fwd=None, parts=1):
     fwd = L.lstm_forward if fwd is None else fwd
-    fwd(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"], ws["h_seq"],
-        ws["h_T"], ws["c_T"], ws["gates"], ws["states"], ws["step_ws"])
+    args = (p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"], ws["h_seq"],
+            ws["h_T"], ws["c_T"], ws["gates"], ws["states"], ws["step_ws"])
+    if parts == 1:
+        fwd(*args)
+    else:
+        fwd(*args, parts)
 
 
-def run_backward(p, ws, with_dx=True, bwd=None):
+def run_backward(p, ws, with_dx=True, bwd=None, parts=1):
     bwd = L.lstm_backward if bwd is None else bwd
-    bwd(p["x"], p["W_x"], p["W_h"], p["dh_seq"], p["dh_T"], p["dc_T"],
-        ws["gates"], ws["states"], ws["dx"] if with_dx else None, ws["dW_x"],
-        ws["dW_h"], ws["db"], ws["dh0"], ws["dc0"], ws["dgates"],
-        ws["step_ws"])
+    args = (p["x"], p["W_x"], p["W_h"], p["dh_seq"], p["dh_T"], p["dc_T"],
+            ws["gates"], ws["states"], ws["dx"] if with_dx else None, ws["dW_x"],
+            ws["dW_h"], ws["db"], ws["dh0"], ws["dc0"], ws["dgates"],
+            ws["step_ws"])
+    if parts == 1:
+        bwd(*args)
+    else:
+        n_in, H = p["W_x"].shape[0], p["W_h"].shape[0]
+        dw_ws = np.full((parts - 1, (n_in + H) * 4 * H), np.nan, p["x"].dtype)
+        bwd(*args, parts, dw_ws)
 
 
-def run_all(p, fwd=None, bwd=None, with_dx=True):
+def run_all(p, fwd=None, bwd=None, with_dx=True, parts=1):
     B, T, n_in = p["x"].shape
     H = p["W_h"].shape[0]
     ws = alloc(B, T, n_in, H, p["x"].dtype)
-    run_forward(p, ws, fwd)
-    run_backward(p, ws, with_dx, bwd)
+    run_forward(p, ws, fwd, parts)
+    run_backward(p, ws, with_dx, bwd, parts)
     return ws
 
 
@@ -174,20 +184,24 @@ def test_saturated_gates_are_finite():
 # central finite differences (float64)
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", FD_SHAPES, ids=lambda s: "B%dT%dN%dH%d" % s)
-def test_finite_differences(shape):
+@pytest.mark.parametrize("shape,parts", [(s, 1) for s in FD_SHAPES] + [((5, 3, 2, 3), 2), ((4, 2, 1, 2), 3)],
+                         ids=lambda v: "B%dT%dN%dH%d" % v if isinstance(v, tuple) else "parts%d" % v)
+def test_finite_differences(shape, parts):
+    """Central differences in float64; with parts > 1 the batch is cut into
+    parts that run at the same time (B=5 in 2 parts of 3 and 2 rows; B=4 in
+    3 parts, of which only 2 hold rows)."""
     B, T, n_in, H = shape
     p = make_problem(*shape, np.float64, seed=6)
     R, R2, R3 = p["dh_seq"], p["dh_T"], p["dc_T"]
     ws = alloc(B, T, n_in, H, np.float64)
 
     def loss():
-        run_forward(p, ws)
+        run_forward(p, ws, parts=parts)
         return (np.sum(ws["h_seq"] * R) + np.sum(ws["h_T"] * R2)
                 + np.sum(ws["c_T"] * R3))
 
-    run_forward(p, ws)
-    run_backward(p, ws)
+    run_forward(p, ws, parts=parts)
+    run_backward(p, ws, parts=parts)
     analytic = {"x": ws["dx"].copy(), "W_x": ws["dW_x"].copy(),
                 "W_h": ws["dW_h"].copy(), "b": ws["db"].copy(),
                 "h0": ws["dh0"].copy(), "c0": ws["dc0"].copy()}
@@ -291,6 +305,58 @@ def test_bitwise_identical_for_1_and_2_threads(dtype, forced_parallel_kernels):
     for k in OUTPUTS + GRADS + ("gates", "states", "dgates"):
         for other in runs[1:]:
             assert np.array_equal(runs[0][k], other[k]), k
+
+
+PART_SHAPES = [(5, 3, 2, 70), (16, 4, 3, 5), (3, 2, 4, 6)]
+
+
+@pytest.mark.parametrize("shape", PART_SHAPES, ids=lambda s: "B%dT%dN%dH%d" % s)
+@pytest.mark.parametrize("parts", [2, 3, 8])
+@pytest.mark.parametrize("with_dx", [True, False])
+def test_batch_parts_match_reference_and_one_part(shape, parts, with_dx):
+    """The batch cut into parts (a prange over parts, each running the whole
+    sequence): the NumPy reference to rounding, and one part to rounding
+    (the weight gradients are summed part by part)."""
+    p = make_problem(*shape, np.float64, seed=12)
+    ref = reference(p)
+    one = run_all(p, with_dx=with_dx)
+    many = run_all(p, with_dx=with_dx, parts=parts)
+    for k in OUTPUTS + GRADS:
+        if k == "dx" and not with_dx:
+            continue
+        assert rel_err(many[k], ref[k]) < 1e-12, k
+        np.testing.assert_allclose(many[k], one[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    for k in ("gates", "states", "dgates"):
+        np.testing.assert_allclose(many[k], one[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_parts_bitwise_identical_for_1_and_2_threads(dtype):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    p = make_problem(16, 4, 3, 70, dtype, seed=13)
+    old = numba.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            runs.append(run_all(p, parts=2))
+    finally:
+        numba.set_num_threads(old)
+    for k in OUTPUTS + GRADS + ("gates", "states", "dgates"):
+        assert np.array_equal(runs[0][k], runs[1][k]), k
+
+
+def test_batch_parts_need_a_weight_workspace():
+    p = make_problem(4, 2, 3, 5, np.float64)
+    ws = alloc(4, 2, 3, 5, np.float64)
+    run_forward(p, ws, parts=2)
+    args = (p["x"], p["W_x"], p["W_h"], p["dh_seq"], p["dh_T"], p["dc_T"], ws["gates"], ws["states"],
+            ws["dx"], ws["dW_x"], ws["dW_h"], ws["db"], ws["dh0"], ws["dc0"], ws["dgates"], ws["step_ws"])
+    with pytest.raises(ValueError, match="dw_ws"):
+        L.lstm_backward(*args, 2)
+    with pytest.raises(ValueError, match="dw_ws"):
+        L.lstm_backward(*args, 2, np.zeros((1, 7)))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,10 @@ Conventions shared by every kernel in this module
   (``h_T`` / ``dh0`` double as the running state and ``step_ws`` holds one
   step's gate block), because ``h_seq[:, t]`` is not contiguous.
 * Matrix products are called through BLAS (``np.dot(a, b, out)``) at the top
-  level of a kernel, never inside a ``prange`` loop.  Element-wise work runs
+  level of a kernel, except with ``parts > 1``: the batch is then cut into
+  parts that each run the whole sequence, products included, inside one
+  ``prange`` over parts, and the caller limits BLAS to one thread (the LSTM
+  layer does).  Element-wise work runs
   over (batch row, column block) pairs, in a ``prange`` loop for large time
   steps (``B * H >= _PAR_STEP_MIN``) and serially otherwise (see the comment
   at ``_PAR_STEP_MIN``); each pair writes only its own cells and every
@@ -59,6 +62,9 @@ __all__ = [
 # distributed over (batch row, block) pairs so that small batches still use
 # every thread; the value does not influence the numerical result.
 _BLOCK = 64
+
+# Chunk of the flat weight gradients when the parts' shares are added.
+_CHUNK = 8192
 
 # The per-time-step gate arithmetic runs in a ``prange`` loop only when a step
 # has at least this many (batch row, hidden unit) cells.  Below it the loop is
@@ -398,12 +404,114 @@ def _bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
 
 
 # --------------------------------------------------------------------------
+# a part of the batch: rows r0:r1 through the whole sequence
+# --------------------------------------------------------------------------
+#
+# Batch rows are independent through the recurrence, and the batch-major
+# layout keeps each part's rows contiguous in every array, so a part can run
+# its own input projection and its own per-step products (BLAS on one thread)
+# and gate loops from the first step to the last.  ``prange`` over parts then
+# needs one parallel region per sequence instead of one per time step, and
+# BLAS and Numba threads never compete.  Each cell sees the same arithmetic
+# as in the one-part path.
+
+@njit(cache=True, error_model="numpy")
+def _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, r0, r1):
+    """All of :func:`lstm_forward` for batch rows r0:r1 (serial)."""
+    T, n_in = x.shape[1], x.shape[2]
+    H = W_h.shape[0]
+    G = 4 * H
+    nr = r1 - r0
+    np.dot(x[r0:r1].reshape((nr * T, n_in)), W_x, gates[r0:r1].reshape((nr * T, G)))
+    hT = h_T[r0:r1]
+    cT = c_T[r0:r1]
+    ws = step_ws[r0:r1]
+    _copy_rows(h0[r0:r1], hT)
+    _copy_rows(c0[r0:r1], cT)
+    nblk = _block_count(H)
+    for t in range(T):
+        np.dot(hT, W_h, ws)
+        for r in range(r0, r1):
+            for kb in range(nblk):
+                j0 = kb * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
+                           states[0, r, t], states[2, r, t], states[1, r, t],
+                           h_seq[r, t], H, j0, j1)
+
+
+@njit(cache=True, error_model="numpy")
+def _bwd_rows(W_h, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, r0, r1):
+    """The recurrence of :func:`lstm_backward` for batch rows r0:r1 (serial):
+    leaves the gate gradients in ``dgates[r0:r1]``."""
+    T = gates.shape[1]
+    H = W_h.shape[0]
+    _copy_rows(dh_T[r0:r1], dh0[r0:r1])
+    _copy_rows(dc_T[r0:r1], dc0[r0:r1])
+    nblk = _block_count(H)
+    for t in range(T - 1, -1, -1):
+        for r in range(r0, r1):
+            for kb in range(nblk):
+                j0 = kb * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
+                           dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
+                           step_ws[r], H, j0, j1)
+        np.dot(step_ws[r0:r1], W_h.T, dh0[r0:r1])
+
+
+@njit(cache=True, error_model="numpy")
+def _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1):
+    """Rows r0:r1's ``dx`` and their share of the weight gradients (serial)."""
+    T, n_in = x.shape[1], x.shape[2]
+    H = states.shape[3]
+    G = 4 * H
+    nr = r1 - r0
+    dg = dgates[r0:r1].reshape((nr * T, G))
+    np.dot(x[r0:r1].reshape((nr * T, n_in)).T, dg, dW_x)
+    np.dot(states[2, r0:r1].reshape((nr * T, H)).T, dg, dW_h)
+    if dx is not None:
+        np.dot(dg, W_x.T, dx[r0:r1].reshape((nr * T, n_in)))
+
+
+@njit(cache=True, error_model="numpy")
+def _add_shares(dWxf, dWhf, dw_ws, n_shares, nxg, c0, c1):
+    """Add the shares ``dw_ws[0:n_shares]`` to the flat gradients over the
+    flat index range c0:c1 of ``[dW_x, dW_h]``, share by share in order."""
+    for q in range(n_shares):
+        src = dw_ws[q, c0:c1]
+        n = c1 - c0
+        if c1 <= nxg:
+            dst = dWxf[c0:c1]
+            for i in range(n):
+                dst[i] += src[i]
+        elif c0 >= nxg:
+            dst = dWhf[c0 - nxg:c1 - nxg]
+            for i in range(n):
+                dst[i] += src[i]
+        else:
+            for i in range(n):
+                j = c0 + i
+                if j < nxg:
+                    dWxf[j] += src[i]
+                else:
+                    dWhf[j - nxg] += src[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _part_rows(B, parts):
+    """Rows per part and the number of parts that hold rows."""
+    rows = (B + parts - 1) // parts
+    return rows, (B + rows - 1) // rows
+
+
+# --------------------------------------------------------------------------
 # full-sequence kernels
 # --------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
-                 step_ws):
+                 step_ws, parts=1):
     """LSTM forward pass over a whole sequence.
 
     Parameters
@@ -433,6 +541,14 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
         ``states[1, :, t] = tanh(c_t)``, ``states[2, :, t] = h_{t-1}``.
     step_ws : ndarray, (B, 4H)
         Workspace (contents on entry/exit are irrelevant).
+    parts : int, default 1
+        Cut the batch into this many parts of ``ceil(B / parts)`` rows that
+        run the whole sequence at the same time (a ``prange`` over parts,
+        one parallel region).  BLAS is then called from inside the parallel
+        loop: limit it to one thread for the call (``threadpoolctl``, or
+        :func:`jitprop._threads.single_thread_blas`) so that BLAS and Numba
+        threads do not multiply.  Each cell sees the same arithmetic for any
+        number of parts.
 
     All arrays are C-contiguous and share one dtype (float32 or float64).
     ``gates`` and ``states`` are what :func:`lstm_backward` needs (together
@@ -456,6 +572,14 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
             or states.shape[3] != H or step_ws.shape[0] != B
             or step_ws.shape[1] != G):
         raise ValueError("lstm_forward: output/cache/workspace shape mismatch")
+
+    if parts > 1 and B > 1:
+        rows, active = _part_rows(B, parts)
+        for p in prange(active):
+            r0 = p * rows
+            _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws,
+                      r0, min(B, r0 + rows))
+        return
 
     # Input projection of every time step in one product; ``gates`` holds the
     # pre-activations x_t @ W_x until step t overwrites them with activations.
@@ -486,7 +610,7 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
-                  dW_h, db, dh0, dc0, dgates, step_ws):
+                  dW_h, db, dh0, dc0, dgates, step_ws, parts=1, dw_ws=None):
     """Backpropagation through time for :func:`lstm_forward`.
 
     Parameters
@@ -525,6 +649,16 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
         (valid on exit, may be inspected).
     step_ws : ndarray, (B, 4H)
         Workspace (contents on entry/exit are irrelevant).
+    parts : int, default 1
+        Run the backward pass in parts of the batch at the same time, as in
+        :func:`lstm_forward` (limit BLAS to one thread for the call): each
+        part runs its recurrence, its rows of ``dx`` and its share of the
+        weight gradients, and the shares are then added in part order.  The
+        sums over the batch are thus grouped by part: the gradients agree
+        with ``parts=1`` to rounding, and do not depend on the thread count.
+    dw_ws : ndarray, (parts - 1, n_in*4H + H*4H), or None
+        Workspace for the weight-gradient shares of parts 1, 2, ...
+        (required when ``parts > 1``).
 
     All arrays are C-contiguous and share one dtype.  ``gates`` and
     ``states`` are not modified, so backward may be repeated.  Nothing is
@@ -554,6 +688,34 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
             raise ValueError("lstm_backward: dx must be (B, T, n_in)")
 
     # dh0 / dc0 carry dL/dh_t (recurrent part) and dL/dc_t between steps.
+    if parts > 1 and B > 1:
+        rows, active = _part_rows(B, parts)
+        nxg = n_in * G
+        nhg = H * G
+        if dw_ws is None or dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != nxg + nhg:
+            raise ValueError("lstm_backward: parts > 1 needs dw_ws of shape (parts - 1, n_in*4H + H*4H)")
+        for p in prange(active):
+            r0 = p * rows
+            r1 = min(B, r0 + rows)
+            _bwd_rows(W_h, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, r0, r1)
+            if p == 0:
+                _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1)
+            else:
+                _bwd_rows_weights(x, W_x, states, dgates, dx,
+                                  dw_ws[p - 1, :nxg].reshape((n_in, G)),
+                                  dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
+        # add the parts' shares in part order, in parallel over chunks
+        dWxf = dW_x.reshape(nxg)
+        dWhf = dW_h.reshape(nhg)
+        for k in prange((nxg + nhg + _CHUNK - 1) // _CHUNK):
+            c0 = k * _CHUNK
+            c1 = min(c0 + _CHUNK, nxg + nhg)
+            _add_shares(dWxf, dWhf, dw_ws, active - 1, nxg, c0, c1)
+        dg = dgates.reshape(B * T, G)
+        for k in prange(_block_count(G)):
+            _column_sums_block(dg, db, False, k)
+        return
+
     _copy_rows(dh_T, dh0)
     _copy_rows(dc_T, dc0)
 
