@@ -250,6 +250,66 @@ def time_steps(step, sync, seconds, repeats=3):
             "warmup_steps": warm_steps}
 
 
+def step_products(spec):
+    """The matrix products of one training step of a workload, as
+    ``(label, m, k, n, count, a_transposed, b_transposed)``: ``count`` products
+    ``(m, k) @ (k, n)``, an operand marked transposed being a transposed view
+    (as the kernels pass it to BLAS)."""
+    out = []
+    if spec["kind"] == "mlp":
+        b, sizes = spec["batch"], spec["sizes"]
+        for j in range(len(sizes) - 1):
+            i, o = sizes[j], sizes[j + 1]
+            out.append(("layer %d x@W" % j, b, i, o, 1, False, False))
+            out.append(("layer %d x.T@dy" % j, i, b, o, 1, True, False))
+            if j > 0:
+                out.append(("layer %d dy@W.T" % j, b, o, i, 1, False, True))
+    else:
+        B, T, n_in, H, n_out = spec["batch"], spec["T"], spec["n_in"], spec["hidden"], spec["n_out"]
+        G = 4 * H
+        out += [("lstm x@W_x (all steps)", B * T, n_in, G, 1, False, False),
+                ("lstm h@W_h (per step)", B, H, G, T, False, False),
+                ("lstm dz@W_h.T (per step)", B, G, H, T, False, False),
+                ("lstm x.T@dz", n_in, B * T, G, 1, True, False),
+                ("lstm h.T@dz", H, B * T, G, 1, True, False),
+                ("dense h@W", B * T, H, n_out, 1, False, False),
+                ("dense h.T@dy", H, B * T, n_out, 1, True, False),
+                ("dense dy@W.T", B * T, n_out, H, 1, False, True)]
+    return out
+
+
+def _products_floor(workloads, min_seconds=0.05):
+    """Time every matrix product of each workload's training step alone with
+    numpy's BLAS (in a one-thread worker): the step can run no faster than
+    their sum."""
+    rng = np.random.default_rng(3)
+    res = {}
+    for wl in workloads:
+        spec = WORKLOADS[wl]
+        rows, total, flops = [], 0.0, 0
+        for label, m, k, n, count, ta, tb in step_products(spec):
+            a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+            b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
+            a, b = (a.T if ta else a), (b.T if tb else b)
+            c = np.empty((m, n), np.float32)
+            np.matmul(a, b, out=c)
+            # about min_seconds per repeat at 50 GFLOP/s plus a microsecond of overhead per call
+            reps = int(min(1e5, max(3, min_seconds / (2 * m * k * n / 5e10 + 1e-6))))
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    np.matmul(a, b, out=c)
+                best = min(best, (time.perf_counter() - t0) / reps)
+            rows.append({"product": label, "m": m, "k": k, "n": n, "count": count,
+                         "seconds": best, "gflops": 2 * m * k * n / best / 1e9})
+            total += count * best
+            flops += count * 2 * m * k * n
+        res[wl] = {"products": rows, "seconds_per_step": total, "gflop_per_step": flops / 1e9,
+                   "max_samples_per_s": spec["batch"] / total}
+    return res
+
+
 def _numpy_gemm(repeats):
     a = np.random.default_rng(1).standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
     b = np.random.default_rng(2).standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
@@ -292,6 +352,8 @@ def _worker_main(payload):
         if job == "gemm":
             res.update(_numpy_gemm(payload["gemm_repeats"]))
             res["blas"] = _blas_info()
+        elif job == "floor":
+            res["floor"] = _products_floor(payload["workloads"])
         else:
             spec = WORKLOADS[payload["workload"]]
             data = make_data(spec)
@@ -529,6 +591,10 @@ def build_parser():
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin each worker to as many CPUs as it has threads")
     p.add_argument("--timeout", type=float, default=900.0, help="per-worker timeout in seconds")
+    p.add_argument("--floor", action="store_true",
+                   help="instead of throughput: time each matrix product of every workload's "
+                        "training step alone with numpy's BLAS on 1 thread; their sum bounds the "
+                        "samples/s any framework can reach on 1 thread with that BLAS")
     p.add_argument("--startup", action="store_true",
                    help="instead of throughput: time a new process that imports jitprop and runs its "
                         "first mlp-small training step, with an empty and with a warm compile cache")
@@ -613,8 +679,42 @@ def startup(say, repeats=3):
     return out
 
 
+def floor_report(workloads, pin, timeout, say):
+    """Run the products-floor worker and print its table; returns its dict."""
+    r = run_worker({"job": "floor", "workloads": workloads}, 1, pin, timeout)
+    if not r.get("ok"):
+        raise SystemExit("floor worker failed: %s" % r.get("error"))
+    fl = r["floor"]
+    say("Matrix products of one training step, each timed alone with numpy's BLAS on 1 thread:")
+    for wl in workloads:
+        f = fl[wl]
+        say("%-10s %6.2f ms per step in %d products (%.2f GFLOP, %.1f GFLOP/s): at most %s samples/s "
+            "on 1 thread" % (wl, f["seconds_per_step"] * 1e3, sum(p["count"] for p in f["products"]),
+                             f["gflop_per_step"], f["gflop_per_step"] / f["seconds_per_step"],
+                             _fmt_rate(f["max_samples_per_s"])))
+        if all(p["m"] * p["k"] * p["n"] <= 4096 for p in f["products"]):
+            say("    (every product is tiny: jitprop runs these as compiled loops, not BLAS calls, so "
+                "this bound, mostly call overhead, does not apply to it)")
+        for p in f["products"]:
+            say("    %-26s (%d x %d) @ (%d x %d) x%-3d %9.1f us  %6.1f GFLOP/s"
+                % (p["product"], p["m"], p["k"], p["k"], p["n"], p["count"], p["seconds"] * 1e6,
+                   p["gflops"]))
+    return fl
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.floor:
+        workloads = _parse_list(args.workloads, WORKLOADS, "workload")
+        fl = floor_report(workloads, not args.no_pin, args.timeout, lambda m: print(m, flush=True))
+        if args.json:
+            text = json.dumps({"floor": fl, "meta": collect_metadata(args, [], [])}, indent=1)
+            if args.json == "-":
+                print(text)
+            else:
+                with open(args.json, "w") as f:
+                    f.write(text)
+        return 0
     if args.startup:
         res = startup(lambda m: print(m, flush=True))
         if args.json:

@@ -92,3 +92,25 @@ def test_peer_workers_run_with_their_own_openmp_defaults(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[0] == "2000"
+
+
+def test_step_products_match_the_flop_count():
+    for name, spec in bench.WORKLOADS.items():
+        prods = bench.step_products(spec)
+        flops = sum(2 * m * k * n * count for _, m, k, n, count, _, _ in prods)
+        if spec["kind"] == "mlp":
+            assert flops == bench.train_step_flops(spec), name
+        else:  # 2 per-step products per time step, 2 weight-gradient products, 3 for the head
+            assert sum(p[4] for p in prods) == 2 * spec["T"] + 6, name
+
+
+def test_floor_report_runs(tmp_path):
+    out = tmp_path / "floor.json"
+    r = subprocess.run([sys.executable, "-m", "jitprop.bench", "--floor", "--workloads", "mlp-small",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mlp-small" in r.stdout and "at most" in r.stdout
+    doc = json.loads(out.read_text())
+    f = doc["floor"]["mlp-small"]
+    assert len(f["products"]) == 5 and f["seconds_per_step"] > 0
+    assert f["max_samples_per_s"] == 64 / f["seconds_per_step"]
