@@ -15,7 +15,7 @@ Three experiments, each printed as a table (and the first also plotted):
    initialisation it decays geometrically with the distance from the loss;
    raising the forget-gate bias keeps it alive.
 3. Explosion.  An LSTM trained with too large a learning rate (SGD with
-   momentum on a target of scale 10) produces a non-finite loss within a few
+   momentum on a target of scale 20) produces a non-finite loss within a few
    epochs (jitprop raises FloatingPointError naming the epoch, step and
    layer); the same run with ``SGD(..., clip_norm=1.0)`` trains.
 
@@ -236,10 +236,17 @@ def print_lag(res):
 # 3. exploding gradients and clipping
 # --------------------------------------------------------------------------
 
-def clipping(T=20, hidden=16, n_train=500, epochs=10, lr=1.0, momentum=0.9, scale=10.0, clip_norm=1.0,
+def clipping(T=20, hidden=16, n_train=500, epochs=10, lr=1.5, momentum=0.9, scale=20.0, clip_norm=1.0,
              seed=0):
     """The same LSTM regression (target ``scale * x_{T-1}``) with and without
     gradient clipping, at a learning rate too large for plain SGD.
+
+    The unclipped run's divergence is chaotic: how fast its loss overflows
+    float32 depends on rounding (with lr 1.0 and scale 10 it reached 1e33
+    without overflowing in one arithmetic, overflowed in epoch 4 in another).
+    lr 1.5 and scale 20 overflow within 3 epochs for seeds 0 and 1 with the
+    batch in one part or in two (see ``jitprop.LSTM``), and the clipped run
+    ends below 0.1 of the target variance in each of those cases.
 
     Returns
     -------
@@ -371,7 +378,7 @@ def main(argv=None):
     lag = lstm_time_lag(n_train=300 if q else 1000, epochs=2 if q else 10, seed=args.seed)
     print_lag(lag)
 
-    print("\n== 3. exploding gradients: LSTM, SGD lr 1.0 momentum 0.9, with and without clip_norm=1.0 ==")
+    print("\n== 3. exploding gradients: LSTM, SGD lr 1.5 momentum 0.9, with and without clip_norm=1.0 ==")
     clip = clipping(epochs=4 if q else 10, seed=args.seed)
     print_clipping(clip)
 
