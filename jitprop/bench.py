@@ -702,28 +702,28 @@ def floor_report(workloads, pin, timeout, say):
     return fl
 
 
+def _write_json(path, doc, indent=1):
+    """Write ``doc`` as JSON to ``path`` ('-' for standard output)."""
+    text = json.dumps(doc, indent=indent)
+    if path == "-":
+        print(text)
+    else:
+        with open(path, "w") as f:
+            f.write(text)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.floor:
         workloads = _parse_list(args.workloads, WORKLOADS, "workload")
         fl = floor_report(workloads, not args.no_pin, args.timeout, lambda m: print(m, flush=True))
         if args.json:
-            text = json.dumps({"floor": fl, "meta": collect_metadata(args, [], [])}, indent=1)
-            if args.json == "-":
-                print(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text)
+            _write_json(args.json, {"floor": fl, "meta": collect_metadata(args, [], [])})
         return 0
     if args.startup:
         res = startup(lambda m: print(m, flush=True))
         if args.json:
-            text = json.dumps({"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
-            if args.json == "-":
-                print(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text)
+            _write_json(args.json, {"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
         return 0
     if args.seconds is None:
         args.seconds = 0.3 if args.quick else 2.0

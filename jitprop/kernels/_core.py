@@ -84,6 +84,15 @@ def _same_data(x, y):
     return x.ctypes.data == y.ctypes.data
 
 
+@njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
+def _sigmoid_scalar(v, one, zero):
+    # exp of -|v| never overflows; both quotients are formed and one is
+    # selected, with no branch on the sign of v to mispredict
+    e = np.exp(-np.abs(v))
+    d = one + e
+    return one / d if v >= zero else e / d
+
+
 @njit(**_jit)
 def _act_inplace(a, act):
     """``a = f(a)`` over a 1-D view.  In place kernels take one array: with
@@ -98,12 +107,7 @@ def _act_inplace(a, act):
             a[i] = zero if v < zero else v  # NaN passes through, as in torch.relu
     elif act == ACT_SIGMOID:
         for i in range(n):
-            v = a[i]
-            # exp of -|v| never overflows; both quotients are formed and one
-            # is selected, with no branch on the sign of v to mispredict
-            e = np.exp(-np.abs(v))
-            d = one + e
-            a[i] = one / d if v >= zero else e / d
+            a[i] = _sigmoid_scalar(a[i], one, zero)
     elif act == ACT_TANH:
         for i in range(n):
             a[i] = np.tanh(a[i])
@@ -126,10 +130,7 @@ def _act_fwd_range(z, a, start, stop, act):
             a[i] = zero if v < zero else v  # NaN passes through, as in torch.relu
     elif act == ACT_SIGMOID:
         for i in range(n):
-            v = z[i]
-            e = np.exp(-np.abs(v))
-            d = one + e
-            a[i] = one / d if v >= zero else e / d
+            a[i] = _sigmoid_scalar(z[i], one, zero)
     elif act == ACT_TANH:
         for i in range(n):
             a[i] = np.tanh(z[i])
