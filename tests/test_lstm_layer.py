@@ -135,3 +135,19 @@ def test_lstm_model_matches_torch(rng, return_sequences, B):
     np.testing.assert_allclose(lstm.grads["W_h"], tl.weight_hh_l0.grad.numpy().T, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(lstm.grads["b"], tl.bias_ih_l0.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dense.grads["W"], W.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_one_thread_blas_only_for_lstm_batches_in_parts():
+    """The trainer runs a step on one-thread BLAS exactly when an LSTM cuts
+    its batch into parts (BLAS is then called from inside parallel loops)."""
+    import numba
+
+    from jitprop._threads import batch_parts
+
+    lstm_model = jp.Sequential([jp.LSTM(3, 4, seed=0), jp.Dense(4, 2, seed=1)])
+    mlp = jp.Sequential([jp.Dense(3, 4, seed=0), jp.ReLU(), jp.Dense(4, 2, seed=1)])
+    assert not lstm_model.one_thread_blas(15)            # 15 rows: one part
+    assert lstm_model.one_thread_blas(16) == (numba.config.NUMBA_NUM_THREADS >= 2)
+    assert not mlp.one_thread_blas(4096)
+    assert batch_parts(16, 8) == min(numba.config.NUMBA_NUM_THREADS, 2)
+    assert batch_parts(1000, 8) == min(numba.config.NUMBA_NUM_THREADS, 8)

@@ -1081,8 +1081,9 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
         rows = (m + nparts - 1) // nparts
         active = (m + rows - 1) // rows  # parts that hold rows (fewer for a short batch)
         if active == 1:
-            _mlp_part(X, Y_f, Y_i, order, s, 0, m, m, table, params, grads, ws[0:stride], hoff,
-                      d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
+            # np.int64(0), not 0: a literal would compile a second _mlp_part
+            _mlp_part(X, Y_f, Y_i, order, s, np.int64(0), m, m, table, params, grads, ws[0:stride],
+                      hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
         else:
             for p in prange(active):
                 r0 = p * rows
