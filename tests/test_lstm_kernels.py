@@ -293,18 +293,21 @@ def test_bitwise_identical_for_1_and_2_threads(dtype, forced_parallel_kernels):
         pytest.skip("needs NUMBA_NUM_THREADS >= 2")
     pfwd, pbwd = forced_parallel_kernels
     p = make_problem(5, 4, 3, 130, dtype, seed=9)
+    p2 = make_problem(16, 4, 3, 70, dtype, seed=13)
     old = numba.get_num_threads()
-    runs = []
+    runs, part_runs = [], []
     try:
         for n in (1, 2):
             numba.set_num_threads(n)
             runs.append(run_all(p))                       # shipped kernels
             runs.append(run_all(p, fwd=pfwd, bwd=pbwd))   # prange every step
+            part_runs.append(run_all(p2, parts=2))        # the batch in 2 parts
     finally:
         numba.set_num_threads(old)
     for k in OUTPUTS + GRADS + ("gates", "states", "dgates"):
         for other in runs[1:]:
             assert np.array_equal(runs[0][k], other[k]), k
+        assert np.array_equal(part_runs[0][k], part_runs[1][k]), k
 
 
 PART_SHAPES = [(5, 3, 2, 70), (16, 4, 3, 5), (3, 2, 4, 6)]
@@ -328,23 +331,6 @@ def test_batch_parts_match_reference_and_one_part(shape, parts, with_dx):
         np.testing.assert_allclose(many[k], one[k], rtol=1e-12, atol=1e-14, err_msg=k)
     for k in ("gates", "states", "dgates"):
         np.testing.assert_allclose(many[k], one[k], rtol=1e-12, atol=1e-14, err_msg=k)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batch_parts_bitwise_identical_for_1_and_2_threads(dtype):
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
-    p = make_problem(16, 4, 3, 70, dtype, seed=13)
-    old = numba.get_num_threads()
-    runs = []
-    try:
-        for n in (1, 2):
-            numba.set_num_threads(n)
-            runs.append(run_all(p, parts=2))
-    finally:
-        numba.set_num_threads(old)
-    for k in OUTPUTS + GRADS + ("gates", "states", "dgates"):
-        assert np.array_equal(runs[0][k], runs[1][k]), k
 
 
 def test_batch_parts_need_a_weight_workspace():

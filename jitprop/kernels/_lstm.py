@@ -483,27 +483,21 @@ def _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1):
 
 
 @njit(cache=True, error_model="numpy")
-def _add_shares(dWxf, dWhf, dw_ws, n_shares, nxg, c0, c1):
-    """Add the shares ``dw_ws[0:n_shares]`` to the flat gradients over the
-    flat index range c0:c1 of ``[dW_x, dW_h]``, share by share in order."""
+def _chunk_count(n):
+    return (n + _CHUNK - 1) // _CHUNK
+
+
+@njit(cache=True, error_model="numpy")
+def _add_shares(dst, dw_ws, n_shares, off, k):
+    """``dst[c0:c1] += dw_ws[q, off + c0:off + c1]`` for q = 0, 1, ... in order,
+    over chunk ``k`` (``c0 = k * _CHUNK``) of the flat gradient ``dst``."""
+    c0 = k * _CHUNK
+    c1 = min(c0 + _CHUNK, dst.size)
+    d = dst[c0:c1]
     for q in range(n_shares):
-        src = dw_ws[q, c0:c1]
-        n = c1 - c0
-        if c1 <= nxg:
-            dst = dWxf[c0:c1]
-            for i in range(n):
-                dst[i] += src[i]
-        elif c0 >= nxg:
-            dst = dWhf[c0 - nxg:c1 - nxg]
-            for i in range(n):
-                dst[i] += src[i]
-        else:
-            for i in range(n):
-                j = c0 + i
-                if j < nxg:
-                    dWxf[j] += src[i]
-                else:
-                    dWhf[j - nxg] += src[i]
+        src = dw_ws[q, off + c0:off + c1]
+        for i in range(c1 - c0):
+            d[i] += src[i]
 
 
 @njit(cache=True, error_model="numpy")
@@ -601,7 +595,11 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
             _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws,
                       r0, min(B, r0 + rows))
         return
+    if B * H < _PAR_STEP_MIN:
+        _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, 0, B)
+        return
 
+    # Large steps: the same work, each step's gate arithmetic in a prange.
     # Input projection of every time step in one product; ``gates`` holds the
     # pre-activations x_t @ W_x until step t overwrites them with activations.
     np.dot(x.reshape(B * T, n_in), W_x, gates.reshape(B * T, G))
@@ -611,22 +609,13 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
     nblk = _block_count(H)
     for t in range(T):
         np.dot(h_T, W_h, step_ws)                # h_{t-1} @ W_h
-        if B * H >= _PAR_STEP_MIN:
-            for task in prange(B * nblk):
-                r = task // nblk
-                j0 = (task % nblk) * _BLOCK
-                j1 = min(j0 + _BLOCK, H)
-                _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
-                           states[0, r, t], states[2, r, t], states[1, r, t],
-                           h_seq[r, t], H, j0, j1)
-        else:
-            for task in range(B * nblk):
-                r = task // nblk
-                j0 = (task % nblk) * _BLOCK
-                j1 = min(j0 + _BLOCK, H)
-                _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
-                           states[0, r, t], states[2, r, t], states[1, r, t],
-                           h_seq[r, t], H, j0, j1)
+        for task in prange(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
+                       states[0, r, t], states[2, r, t], states[1, r, t],
+                       h_seq[r, t], H, j0, j1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -708,25 +697,20 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
         if dx.shape[0] != B or dx.shape[1] != T or dx.shape[2] != n_in:
             raise ValueError("lstm_backward: dx must be (B, T, n_in)")
 
-    if parts > 1 and B > 1:
-        rows, active = _part_rows(B, parts)
-        if (dw_ws is None or dw_ws.shape[0] < active - 1
-                or dw_ws.shape[1] != (n_in + H) * G):
-            raise ValueError("lstm_backward: parts > 1 needs dw_ws of shape (parts - 1, n_in*4H + H*4H)")
-
     # The recurrent product dL/dh_{t-1} = dz_t @ W_h.T runs on an explicit
     # C-contiguous copy of W_h.T: OpenBLAS multiplies by a transposed operand
     # of this shape 1.4x slower (64 x 1024 x 256: 61 against 86 GFLOP/s).
-    # dW_h, written only at the end, holds the copy until then.
+    # dW_h, written only at the end, holds the copy until then.  dh0 / dc0
+    # carry dL/dh_t (recurrent part) and dL/dc_t between steps.
     WhT = dW_h.reshape(G, H)
-    _transpose_into(W_h, WhT)
-    # dh0 / dc0 carry dL/dh_t (recurrent part) and dL/dc_t between steps.
     if parts > 1 and B > 1:
-        if dw_ws is None:  # checked above; this lets Numba drop the branch when None
+        if dw_ws is None:  # (a test of the argument itself lets Numba drop this path for None)
             raise ValueError("lstm_backward: parts > 1 needs dw_ws")
         rows, active = _part_rows(B, parts)
         nxg = n_in * G
-        nhg = H * G
+        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != nxg + H * G:
+            raise ValueError("lstm_backward: parts > 1 needs dw_ws of shape (parts - 1, n_in*4H + H*4H)")
+        _transpose_into(W_h, WhT)
         for p in prange(active):
             r0 = p * rows
             _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws,
@@ -743,44 +727,31 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
                                   dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
         # add the parts' shares in part order, in parallel over chunks
         dWxf = dW_x.reshape(nxg)
-        dWhf = dW_h.reshape(nhg)
-        for k in prange((nxg + nhg + _CHUNK - 1) // _CHUNK):
-            c0 = k * _CHUNK
-            c1 = min(c0 + _CHUNK, nxg + nhg)
-            _add_shares(dWxf, dWhf, dw_ws, active - 1, nxg, c0, c1)
-        dg = dgates.reshape(B * T, G)
-        for k in prange(_block_count(G)):
-            _column_sums_block(dg, db, False, k)
-        return
-
-    _copy_rows(dh_T, dh0)
-    _copy_rows(dc_T, dc0)
-
-    nblk = _block_count(H)
-    for t in range(T - 1, -1, -1):
-        if B * H >= _PAR_STEP_MIN:
-            for task in prange(B * nblk):
-                r = task // nblk
-                j0 = (task % nblk) * _BLOCK
-                j1 = min(j0 + _BLOCK, H)
-                _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
-                           dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
-                           step_ws[r], H, j0, j1)
+        for k in prange(_chunk_count(nxg)):
+            _add_shares(dWxf, dw_ws, active - 1, 0, k)
+        dWhf = dW_h.reshape(H * G)
+        for k in prange(_chunk_count(H * G)):
+            _add_shares(dWhf, dw_ws, active - 1, nxg, k)
+    else:
+        _transpose_into(W_h, WhT)
+        if B * H < _PAR_STEP_MIN:
+            _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, 0, B)
         else:
-            for task in range(B * nblk):
-                r = task // nblk
-                j0 = (task % nblk) * _BLOCK
-                j1 = min(j0 + _BLOCK, H)
-                _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
-                           dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
-                           step_ws[r], H, j0, j1)
-        np.dot(step_ws, WhT, dh0)                # dL/dh_{t-1}, recurrent part
-
+            # large steps: the same work, each step's gate arithmetic in a prange
+            _copy_rows(dh_T, dh0)
+            _copy_rows(dc_T, dc0)
+            nblk = _block_count(H)
+            for t in range(T - 1, -1, -1):
+                for task in prange(B * nblk):
+                    r = task // nblk
+                    j0 = (task % nblk) * _BLOCK
+                    j1 = min(j0 + _BLOCK, H)
+                    _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
+                               dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
+                               step_ws[r], H, j0, j1)
+                np.dot(step_ws, WhT, dh0)        # dL/dh_{t-1}, recurrent part
+        _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, 0, B)
     dg = dgates.reshape(B * T, G)
-    np.dot(x.reshape(B * T, n_in).T, dg, dW_x)
-    np.dot(states[2].reshape(B * T, H).T, dg, dW_h)
-    if dx is not None:
-        np.dot(dg, W_x.T, dx.reshape(B * T, n_in))
     for k in prange(_block_count(G)):
         _column_sums_block(dg, db, False, k)
 
