@@ -25,14 +25,14 @@ if (_os.environ.get("JITPROP_OMP_DEFAULTS", "1") != "0" and "OMP_WAIT_POLICY" no
     _os.environ["GOMP_SPINCOUNT"] = _OMP_ENV_SET["GOMP_SPINCOUNT"] = "2000"
 
 from ._threads import get_num_threads, set_num_threads, threading_layer
-from .checkpoint import CheckpointError, load
+from .checkpoint import CheckpointError
 from .gradcheck import gradcheck, numerical_gradient, relative_error
 from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD
-from .trainer import Progress, Trainer
+from .trainer import Progress, Trainer, load
 from . import kernels
 
 __version__ = "0.1.0"
