@@ -48,7 +48,7 @@ class Layer:
         """Ordered dict of parameter name -> shape."""
         return {k: v.shape for k, v in self.params.items()}
 
-    def _bind(self, params, grads):
+    def bind(self, params, grads):
         """Replace parameter and gradient arrays by the given views (used by
         :class:`~jitprop.Sequential` to pack everything into flat buffers)."""
         for k in self.params:

@@ -79,7 +79,7 @@ class Sequential:
                 grads[name] = self.flat_grads[sl].reshape(shape)
                 self.param_slices.append((li, name, sl))
                 off += size
-            layer._bind(params, grads)
+            layer.bind(params, grads)
 
     def _set_fusion(self, on):
         for layer in self.layers:

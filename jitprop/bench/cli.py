@@ -62,9 +62,9 @@ def worker_env(threads, framework="jitprop"):
     if framework != "jitprop":
         # importing jitprop (this module's package) set OpenMP wait defaults
         # for jitprop's threads; a peer must run with its own defaults
-        import jitprop
+        from .. import _openmp
 
-        for var, value in jitprop._OMP_ENV_SET.items():
+        for var, value in _openmp.ENV_SET.items():
             if env.get(var) == value:
                 del env[var]
         env["JITPROP_OMP_DEFAULTS"] = "0"
