@@ -14,7 +14,6 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils import shuffle as _shuffle
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
@@ -372,8 +371,11 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    # the same RandomState draws as scikit-learn's shuffle of the index
-                    sample_idx = _shuffle(sample_idx, random_state=self._random_state)
+                    # the draws of scikit-learn's shuffle(sample_idx, random_state=...),
+                    # without its per-call argument validation (most of an epoch on small data)
+                    perm = np.arange(n_samples)
+                    self._random_state.shuffle(perm)
+                    sample_idx = sample_idx[perm]
                 lr = opt.learning_rate if update == K.UPDATE_SGD else opt.learning_rate_init
                 acc, opt.t = K.train_epoch(
                     x, xd, xi, xp, sparse, Yk, sw, use_sw, sample_idx, batch_size, net.table,

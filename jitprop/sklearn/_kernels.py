@@ -283,36 +283,50 @@ def _update_range(params, grads, gx, active, c0, c1, ncoef, alpha, sw_sum, updat
                   nesterov, b1, b2, eps, lr_t, vel, m1, m2):
     """Add the parts' gradients, scale (penalty on weights), and update
     ``params[c0:c1]``; with ``UPDATE_NONE`` the scaled gradient stays in ``grads``."""
+    # views from c0: loops from index 0 vectorise (a runtime start index
+    # makes Numba allow for negative indices)
+    n = c1 - c0
+    p = params[c0:c1]
+    g = grads[c0:c1]
     dt = params.dtype.type
     a = dt(alpha)
     sws = dt(sw_sum)
     one = dt(1)
-    for i in range(c0, c1):
-        gi = grads[i]
-        for q in range(active - 1):
-            gi += gx[q, i]
-        if i < ncoef:
-            gi = (gi + a * params[i]) / sws
-        else:
-            gi = gi / sws
-        grads[i] = gi
+    for q in range(active - 1):
+        xq = gx[q, c0:c1]
+        for i in range(n):
+            g[i] += xq[i]
+    nw = min(max(ncoef - c0, 0), n)  # the first nw entries are weights
+    for i in range(nw):
+        g[i] = (g[i] + a * p[i]) / sws
+    gb = g[nw:]
+    for i in range(n - nw):
+        gb[i] = gb[i] / sws
     if update == UPDATE_SGD:
-        for i in range(c0, c1):
-            gi = grads[i]
-            v = mom * vel[i] - lr * gi
-            vel[i] = v
-            if nesterov:
-                params[i] += mom * v - lr * gi
-            else:
-                params[i] += v
+        v = vel[c0:c1]
+        if nesterov:
+            for i in range(n):
+                gi = g[i]
+                vi = mom * v[i] - lr * gi
+                v[i] = vi
+                p[i] += mom * vi - lr * gi
+        else:
+            for i in range(n):
+                vi = mom * v[i] - lr * g[i]
+                v[i] = vi
+                p[i] += vi
     elif update == UPDATE_ADAM:
-        for i in range(c0, c1):
-            gi = grads[i]
-            mi = b1 * m1[i] + (one - b1) * gi
-            vi = b2 * m2[i] + (one - b2) * (gi * gi)
-            m1[i] = mi
-            m2[i] = vi
-            params[i] += -lr_t * mi / (np.sqrt(vi) + eps)
+        mv = m1[c0:c1]
+        vv = m2[c0:c1]
+        c1b = one - b1
+        c2b = one - b2
+        for i in range(n):
+            gi = g[i]
+            mi = b1 * mv[i] + c1b * gi
+            vi = b2 * vv[i] + c2b * (gi * gi)
+            mv[i] = mi
+            vv[i] = vi
+            p[i] += -lr_t * mi / (np.sqrt(vi) + eps)
 
 
 @njit(**_jit)
