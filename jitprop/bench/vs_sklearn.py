@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m jitprop.bench --vs sklearn [--threads 1,2] [--rounds R] [--quick]
+    python -m jitprop.bench --vs sklearn [--threads 1,2] [--rounds R] [--quick] [--dtype float32]
         [--datasets digits,breast_cancer,wine,synth100k] [--solvers sgd,adam] [--json PATH_OR_-]
 
 For every (dataset, solver, thread count) one subprocess, started with the
@@ -11,7 +11,7 @@ many CPUs, fits ``sklearn.neural_network.MLPClassifier`` and
 ``jitprop.sklearn.MLPClassifier`` with the same parameters and
 ``random_state`` on the same standardised training split, alternately, and
 reports the best fit time of each over ``--rounds`` (interleaved, so both see
-the same machine load), the fit-time ratio, the number of epochs each ran and
+the same machine load), the fit-time ratio (``speed-up``), the number of epochs each ran and
 each one's test accuracy.  Before timing, jitprop fits a few rows once: that
 first call (Numba compiling, or loading from its cache) is reported as
 ``first_call_s`` and excluded from the fit times.
@@ -72,20 +72,19 @@ def worker(p):
     warnings.simplefilter("ignore", ConvergenceWarning)
     Xtr, Xte, ytr, yte = load(p["dataset"])
     kw = params(p["dataset"], p["solver"])
+    jkw = dict(kw, dtype=p.get("dtype"))
     t = time.perf_counter()
-    JpMLP(**dict(kw, max_iter=1)).fit(Xtr[:64], ytr[:64])
-    JpMLP(**dict(kw, max_iter=1)).fit(Xtr[:64], ytr[:64]).predict(Xte[:64])
+    JpMLP(**dict(jkw, max_iter=1)).fit(Xtr[:64], ytr[:64]).predict(Xte[:64])
     first = time.perf_counter() - t
     best = {"jitprop": np.inf, "sklearn": np.inf}
     fitted = {}
     for _ in range(p["rounds"]):
-        for name, cls in (("jitprop", JpMLP), ("sklearn", SkMLP)):
-            est = cls(**kw)
+        for name, est in (("jitprop", JpMLP(**jkw)), ("sklearn", SkMLP(**kw))):
             t = time.perf_counter()
             est.fit(Xtr, ytr)
             best[name] = min(best[name], time.perf_counter() - t)
             fitted[name] = est
-    out = dict(p, ok=True, first_call_s=first, params=kw)
+    out = dict(p, ok=True, first_call_s=first, params=kw, numba_threads=jitprop.get_num_threads())
     for name, est in fitted.items():
         out[name] = {"fit_s": best[name], "n_iter": int(est.n_iter_), "test_score": float(est.score(Xte, yte))}
     out["ratio"] = best["sklearn"] / best["jitprop"]
@@ -136,6 +135,8 @@ def main(argv=None):
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--solvers", default=",".join(SOLVERS))
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                   help="jitprop's dtype parameter (default: None, scikit-learn's rule: float64 here)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved fits of each; the best time counts")
     p.add_argument("--quick", action="store_true", help="one round, small data sets only")
     p.add_argument("--json", default=None, metavar="PATH_OR_-")
@@ -157,7 +158,7 @@ def main(argv=None):
     for ds in datasets:
         for solver in solvers:
             for th in threads:
-                r = _run({"dataset": ds, "solver": solver, "rounds": args.rounds}, th, not args.no_pin,
+                r = _run({"dataset": ds, "solver": solver, "rounds": args.rounds, "dtype": args.dtype}, th, not args.no_pin,
                          args.timeout)
                 rows.append(r)
                 print("%s %s %d thr: %s" % (ds, solver, th, "ok" if r.get("ok") else r.get("error")),
