@@ -397,3 +397,19 @@ def test_worker_threads_policy():
     got = Parallel(n_jobs=2, backend="threading")(delayed(threads_inside)() for _ in range(2))
     assert got == [1, 1]
     assert threads_inside() == jitprop.get_num_threads()  # the main thread keeps its threads
+
+
+@pytest.mark.slow
+def test_bench_vs_sklearn_runs(tmp_path):
+    out = tmp_path / "skl.json"
+    subprocess.run([sys.executable, "-m", "jitprop.bench", "--vs", "sklearn", "--quick", "--datasets", "wine",
+                    "--solvers", "adam", "--threads", "1", "--json", str(out)], check=True,
+                   capture_output=True, text=True, timeout=600)
+    import json
+
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["ok"] and row["dataset"] == "wine" and row["threads"] == 1
+    assert row["jitprop"]["fit_s"] > 0 and row["sklearn"]["fit_s"] > 0 and row["first_call_s"] > 0
+    # same parameters and random_state: the same number of epochs, the same test accuracy to rounding
+    assert row["jitprop"]["n_iter"] == row["sklearn"]["n_iter"]
+    assert abs(row["score_diff_points"]) <= 1.0

@@ -26,7 +26,8 @@ and no cached function here calls a parallel function of another module.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core.extending import intrinsic
 
 #: Activation codes (hidden layers and output layer).
 ACT_IDENTITY = 0
@@ -56,8 +57,24 @@ OFF_XB, OFF_D0, OFF_D1, OFF_RL, OFF_YB, OFF_WB, OFF_TG = range(7)
 _CHUNK = 8192  # parameter-update chunk of the parallel loop
 _PAR_MIN = 32768
 
-_jit = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-_pjit = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"}, parallel=True)
+# error_model="numpy": a division by zero gives inf/nan as in NumPy (and so
+# in scikit-learn) instead of a per-element check that keeps loops scalar
+_jit = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+_pjit = dict(_jit, parallel=True)
+
+
+@intrinsic
+def _sqrt(typingctx, x):
+    """IEEE square root as LLVM's intrinsic (vectorisable; Numba calls libm's
+    ``sqrt``, which must set errno and so stays scalar).  Same results."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = builder.module.declare_intrinsic("llvm.sqrt", [context.get_value_type(sig.args[0])])
+        return builder.call(fn, args)
+
+    return x(x), codegen
 
 
 @njit(**_jit)
@@ -322,11 +339,10 @@ def _update_range(params, grads, gx, active, c0, c1, ncoef, alpha, sw_sum, updat
         c2b = one - b2
         for i in range(n):
             gi = g[i]
-            mi = b1 * mv[i] + c1b * gi
-            vi = b2 * vv[i] + c2b * (gi * gi)
-            mv[i] = mi
-            vv[i] = vi
-            p[i] += -lr_t * mi / (np.sqrt(vi) + eps)
+            mv[i] = b1 * mv[i] + c1b * gi
+            vv[i] = b2 * vv[i] + c2b * (gi * gi)
+        for i in range(n):
+            p[i] += -lr_t * mv[i] / (_sqrt(vv[i]) + eps)
 
 
 @njit(**_jit)
