@@ -24,6 +24,13 @@ if (_os.environ.get("JITPROP_OMP_DEFAULTS", "1") != "0" and "OMP_WAIT_POLICY" no
         and "GOMP_SPINCOUNT" not in _os.environ):
     _os.environ["GOMP_SPINCOUNT"] = _OMP_ENV_SET["GOMP_SPINCOUNT"] = "2000"
 
+from . import _cache
+
+# before any kernel module is imported: Numba picks a function's cache
+# location when its decorator runs (see jitprop/_cache.py for why not in-tree)
+_cache.install()
+
+from ._cache import cache_dir
 from ._threads import get_num_threads, set_num_threads, threading_layer
 from .checkpoint import CheckpointError, load
 from .gradcheck import gradcheck, numerical_gradient, relative_error
@@ -43,5 +50,5 @@ __all__ = [
     "Sequential", "SGD", "Trainer", "Progress",
     "gradcheck", "numerical_gradient", "relative_error",
     "set_num_threads", "get_num_threads", "threading_layer",
-    "kernels", "load", "CheckpointError",
+    "kernels", "load", "CheckpointError", "cache_dir",
 ]
