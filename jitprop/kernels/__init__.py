@@ -13,6 +13,8 @@ import numpy as np
 from .._checks import check_array, check_float, check_labels, no_overlap
 from . import raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH
+from ._lstm_checked import (lstm_backward, lstm_cell_backward, lstm_cell_forward, lstm_forward,
+                            lstm_workspace_shapes)
 
 __all__ = [
     "raw",
@@ -37,6 +39,11 @@ __all__ = [
     "sgd_step",
     "clip_grad_norm",
     "clip_grad_norm_list",
+    "lstm_forward",
+    "lstm_backward",
+    "lstm_cell_forward",
+    "lstm_cell_backward",
+    "lstm_workspace_shapes",
 ]
 
 _ACTS = (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH)
