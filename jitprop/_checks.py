@@ -63,6 +63,31 @@ def check_array(name, a, *, dtype=None, ndim=None, shape=None, writable=False):
     return a
 
 
+def check_layer_input(owner, x, dtype, fits, expected, convert_hint=True):
+    """Check the input of ``owner``'s forward pass (a layer's class name):
+    an ndarray whose shape ``fits`` (``expected`` says how, in the message),
+    of the layer's dtype, C-contiguous."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{owner}: input must be a numpy.ndarray, got {type(x).__name__}")
+    if not fits(x.shape):
+        raise ValueError(f"{owner}: input must have shape {expected}, got {x.shape}")
+    if x.dtype != dtype:
+        hint = f"; convert once with x.astype(np.{dtype})" if convert_hint else ""
+        raise TypeError(f"{owner}: input dtype must be {dtype} (the layer's dtype), got {x.dtype}{hint}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{owner}: input must be C-contiguous")
+    return x
+
+
+def check_output_grad(owner, dy, dtype, shape):
+    """Check dL/d(output) given to ``owner``'s backward pass (``owner`` as
+    "Dense.backward"): a C-contiguous ndarray of ``dtype`` and ``shape``."""
+    if not isinstance(dy, np.ndarray) or dy.shape != shape or dy.dtype != dtype or not dy.flags.c_contiguous:
+        raise ValueError(f"{owner}: dy must be C-contiguous {dtype} of shape {shape}, "
+                         f"got {getattr(dy, 'dtype', None)} {getattr(dy, 'shape', None)}")
+    return dy
+
+
 def check_labels(name, labels, n, n_classes=None):
     """Check integer class labels of shape (n,) and, optionally, their range."""
     if not isinstance(labels, np.ndarray) or isinstance(labels, np.ma.MaskedArray):
