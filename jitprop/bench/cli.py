@@ -15,12 +15,8 @@ XLA_FLAGS thread options. Each worker prints one JSON line that the parent
 collects; the measured process CPU-time / wall-time ratio is reported as a
 check that the thread count held.
 
-Timing: the first step (which includes JIT compilation) is timed alone and
-reported as ``first_step_s``; then warm-up steps in doubling chunks estimate the
-step time; then a fixed number of steps lasting about ``--seconds`` is timed
-with ``time.perf_counter`` (synchronising at the end of the region), repeated
-3 times, and the BEST repeat gives ``samples_per_s = batch * steps / time``
-(the median is reported too).
+Timing (first step alone, warm-up in doubling chunks, best of timed repeats):
+see :mod:`jitprop.bench.worker`.
 
 The data is synthetic, generated once per workload from a fixed seed (a few
 batches, cycled) by the same code in every worker, so all frameworks train on
