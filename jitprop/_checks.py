@@ -63,27 +63,35 @@ def check_array(name, a, *, dtype=None, ndim=None, shape=None, writable=False):
     return a
 
 
-def check_layer_input(owner, x, dtype, fits, expected, convert_hint=True):
-    """Check the input of ``owner``'s forward pass (a layer's class name):
-    an ndarray whose shape ``fits`` (``expected`` says how, in the message),
-    of the layer's dtype, C-contiguous."""
+def check_layer_input(layer, x, n_in, expected, ndim=None, convert_hint=True):
+    """Check the input of ``layer``'s forward pass: an ndarray with ``n_in``
+    features on its last axis and at least 2 axes (exactly ``ndim``, each of
+    length >= 1, when given), of the layer's dtype, C-contiguous.  Messages
+    name the layer's class; ``expected`` (formatted with ``n_in``) says the
+    shape in them."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{owner}: input must be a numpy.ndarray, got {type(x).__name__}")
-    if not fits(x.shape):
-        raise ValueError(f"{owner}: input must have shape {expected}, got {x.shape}")
-    if x.dtype != dtype:
-        hint = f"; convert once with x.astype(np.{dtype})" if convert_hint else ""
-        raise TypeError(f"{owner}: input dtype must be {dtype} (the layer's dtype), got {x.dtype}{hint}")
+        raise TypeError(f"{type(layer).__name__}: input must be a numpy.ndarray, got {type(x).__name__}")
+    shape = x.shape
+    if (x.ndim < 2 if ndim is None else (x.ndim != ndim or 0 in shape)) or shape[-1] != n_in:
+        raise ValueError(f"{type(layer).__name__}: input must have shape {expected.format(n_in)}, got {shape}")
+    if x.dtype != layer.dtype:
+        dt = layer.dtype
+        hint = f"; convert once with x.astype(np.{dt})" if convert_hint else ""
+        raise TypeError(f"{type(layer).__name__}: input dtype must be {dt} (the layer's dtype), got {x.dtype}{hint}")
     if not x.flags.c_contiguous:
-        raise ValueError(f"{owner}: input must be C-contiguous")
+        raise ValueError(f"{type(layer).__name__}: input must be C-contiguous")
     return x
 
 
-def check_output_grad(owner, dy, dtype, shape):
-    """Check dL/d(output) given to ``owner``'s backward pass (``owner`` as
-    "Dense.backward"): a C-contiguous ndarray of ``dtype`` and ``shape``."""
-    if not isinstance(dy, np.ndarray) or dy.shape != shape or dy.dtype != dtype or not dy.flags.c_contiguous:
-        raise ValueError(f"{owner}: dy must be C-contiguous {dtype} of shape {shape}, "
+def check_output_grad(layer, dy, dtype, shape):
+    """Check dL/d(output) given to ``layer``'s backward pass: a C-contiguous
+    ndarray of ``dtype`` and ``shape`` (messages name the layer's class)."""
+    try:  # (no isinstance call: this runs at every backward step)
+        ok = dy.shape == shape and dy.dtype == dtype and dy.flags.c_contiguous
+    except AttributeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{type(layer).__name__}.backward: dy must be C-contiguous {dtype} of shape {shape}, "
                          f"got {getattr(dy, 'dtype', None)} {getattr(dy, 'shape', None)}")
     return dy
 

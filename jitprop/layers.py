@@ -153,9 +153,6 @@ class Dense(Layer):
         self._x = None
         self._lead = None
 
-    def _fits(self, shape):
-        return len(shape) >= 2 and shape[-1] == self.n_in
-
     def output_shape(self, input_shape):
         if not input_shape or input_shape[-1] != self.n_in:
             raise ValueError(f"Dense({self.n_in}, {self.n_out}) cannot take samples of shape {tuple(input_shape)}")
@@ -163,7 +160,7 @@ class Dense(Layer):
 
     def forward(self, x):
         """x: (batch, ..., n_in) -> (batch, ..., n_out)."""
-        check_layer_input(type(self).__name__, x, self.dtype, self._fits, f"(batch, ..., {self.n_in})")
+        check_layer_input(self, x, self.n_in, "(batch, ..., {})")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         out = self._buffer("out", (x2.shape[0], self.n_out), self.dtype)
@@ -178,7 +175,7 @@ class Dense(Layer):
             raise RuntimeError("Dense.backward called before forward")
         x2 = self._x
         n = x2.shape[0]
-        check_output_grad("Dense.backward", dy, self.dtype, self._lead + (self.n_out,))
+        check_output_grad(self, dy, self.dtype, self._lead + (self.n_out,))
         dy2 = dy.reshape(n, self.n_out)
         if not need_dx:
             K.dense_backward_params(x2, dy2, self.grads["W"], self.grads["b"])
@@ -237,7 +234,7 @@ class Activation(Layer):
         a = self._a
         if a is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        check_output_grad(f"{type(self).__name__}.backward", dy, a.dtype, a.shape)
+        check_output_grad(self, dy, a.dtype, a.shape)
         if not need_dx:
             return None
         dz = self._buffer("dz", a.shape, a.dtype)

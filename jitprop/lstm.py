@@ -111,13 +111,9 @@ class LSTM(Layer):
         return (T, self.n_hidden) if self.return_sequences else (self.n_hidden,)
 
     # -- computation ------------------------------------------------------------------
-    def _fits(self, shape):
-        return len(shape) == 3 and shape[2] == self.n_in and shape[0] > 0 and shape[1] > 0
-
     def forward(self, x):
         """x: (batch, T, n_in) -> (batch, T, H) or (batch, H)."""
-        check_layer_input("LSTM", x, self.dtype, self._fits, f"(batch, T, {self.n_in}) with batch, T >= 1",
-                          convert_hint=False)
+        check_layer_input(self, x, self.n_in, "(batch, T, {}) with batch, T >= 1", ndim=3, convert_hint=False)
         B, T, _ = x.shape
         H = self.n_hidden
         dt = self.dtype
@@ -159,7 +155,7 @@ class LSTM(Layer):
         B, T, H = self._B, self._T, self.n_hidden
         dt = self.dtype
         expected = (B, T, H) if self.return_sequences else (B, H)
-        check_output_grad("LSTM.backward", dy, dt, expected)
+        check_output_grad(self, dy, dt, expected)
         zeros_state = self._buffer("zeros_state", (B, H), dt, zero=True)
         if self.return_sequences:
             dh_seq, dh_T = dy, zeros_state
