@@ -44,4 +44,4 @@ from ._lstm import (  # noqa: F401
     lstm_cell_forward,
     lstm_forward,
 )
-from ._lstm_checked import lstm_workspace_shapes  # noqa: F401
+from ._lstm_shapes import lstm_workspace_shapes  # noqa: F401
