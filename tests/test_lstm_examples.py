@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conftest import load_example as load
+from _helpers import load_example as load
 
 
 @pytest.mark.slow
