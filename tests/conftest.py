@@ -1,9 +1,14 @@
 import importlib.util
+import os
 import pathlib
 
 import numba
 import numpy as np
 import pytest
+
+# short fits start layer by layer on an empty cache; in the test process they
+# must not also start background compiles (tests that want one set it to 1)
+os.environ.setdefault("JITPROP_BACKGROUND_COMPILE", "0")
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 

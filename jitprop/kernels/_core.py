@@ -95,7 +95,7 @@ _pjit = dict(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 # --------------------------------------------------------------------------
 # elementwise activations
 # --------------------------------------------------------------------------
-@njit(**_jit)
+@njit(**_inline)
 def _same_data(x, y):
     return x.ctypes.data == y.ctypes.data
 
@@ -109,7 +109,7 @@ def _sigmoid_scalar(v, one, zero):
     return one / d if v >= zero else e / d
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_inplace(a, act):
     """``a = f(a)`` over a 1-D view.  In place kernels take one array: with
     two arguments that might overlap, LLVM vectorises behind a run-time
@@ -129,7 +129,7 @@ def _act_inplace(a, act):
             a[i] = np.tanh(a[i])
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_fwd_range(z, a, start, stop, act):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -155,7 +155,7 @@ def _act_fwd_range(z, a, start, stop, act):
             a[i] = z[i]
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_bwd_inplace(a, d, act):
     """``d = d * f'(a)`` (from the saved output ``a``), one write array."""
     n = a.size
@@ -178,7 +178,7 @@ def _act_bwd_inplace(a, d, act):
             d[i] = d[i] * (one - ai * ai)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_bwd_range(a, da, dz, start, stop, act):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -207,7 +207,7 @@ def _act_bwd_range(a, da, dz, start, stop, act):
             dz[i] = da[i]
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _nchunks(n):
     return (n + _CHUNK - 1) // _CHUNK
 
@@ -338,7 +338,7 @@ def tanh_backward(a, da, dz):
 _SMALL_MM = 4096
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _matmul(a, b, out):
     """``out = a @ b`` for 2-D arrays of any layout (transposed views too):
     plain loops for tiny products, BLAS otherwise.  Serial either way."""
@@ -357,7 +357,7 @@ def _matmul(a, b, out):
         np.dot(a, b, out)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _bias_act_row(out, b, i, act):
     """``out[i] = f(out[i] + b)`` in place, in one pass for ReLU and identity."""
     m = out.shape[1]
@@ -432,7 +432,7 @@ def dense_forward(x, W, b, out):
     _dense_fwd_body(x, W, b, out, ACT_IDENTITY)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _colsum_block(dy, db, j0, j1):
     zero = db.dtype.type(0)
     n = j1 - j0
@@ -537,7 +537,7 @@ def dense_backward(x, W, dy, dx, dW, db):
 # --------------------------------------------------------------------------
 # losses
 # --------------------------------------------------------------------------
-@njit(**_jit)
+@njit(**_inline)
 def _mse_row(p, t, g, row_loss, i, scale):
     acc = p.dtype.type(0)
     for k in range(p.shape[1]):
@@ -565,7 +565,7 @@ def mse_loss_serial(pred, target, grad, row_loss):
     return _mean_rows(row_loss, n, total)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _mean_rows(row_loss, n, count):
     """Sum of ``row_loss[:n]`` in row order, in float64, over ``count``."""
     s = 0.0
@@ -608,7 +608,7 @@ def mse_loss(pred, target, grad, row_loss):
     return _mean_rows(row_loss, n, total)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _xent_row(z, labels, g, row_loss, i, inv_n):
     c = z.shape[1]
     m = z[i, 0]
@@ -630,7 +630,7 @@ def _xent_row(z, labels, g, row_loss, i, inv_n):
     g[i, y] -= inv_n
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _check_class_labels(labels, n, c):
     for i in range(n):
         if labels[i] < 0 or labels[i] >= c:
@@ -690,7 +690,7 @@ def softmax_cross_entropy(logits, labels, grad, row_loss):
 # --------------------------------------------------------------------------
 # optimisation
 # --------------------------------------------------------------------------
-@njit(**_jit)
+@njit(**_inline)
 def _sgd_range(p, g, v, start, stop, lr, mom, wd, nesterov):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -786,7 +786,7 @@ def sum_squares(x):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _scale_range(xf, c, start, stop):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -946,7 +946,7 @@ def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff
             use0 = not use0
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _check_labels(Y_i, order, s, m, n_classes):
     for i in range(m):
         y = Y_i[order[s + i]]
@@ -954,7 +954,7 @@ def _check_labels(Y_i, order, s, m, n_classes):
             raise ValueError("mlp_train_steps: a label is outside [0, n_classes)")
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _batch_loss(ws, stride, row_off, m, rows, loss_kind, nlast):
     """The batch loss from the parts' row losses, rows summed in batch order
     in float64 (the same order whatever the number of parts)."""
@@ -973,7 +973,7 @@ def _batch_loss(ws, stride, row_off, m, rows, loss_kind, nlast):
     return s / m
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _add_parts_range(g, gx, nparts, start, stop):
     """``g[start:stop] += gx[0] + ... + gx[nparts - 2]`` on that range, adding
     the parts one by one in order."""
@@ -985,7 +985,7 @@ def _add_parts_range(g, gx, nparts, start, stop):
             gv[i] += xv[i]
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _clip_and_check(grads, value, check, clip_norm):
     """Returns False (and changes nothing) if ``check`` and the loss or the
     gradients are not finite; else clips the gradients if asked."""
