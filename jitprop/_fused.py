@@ -19,7 +19,6 @@ from .kernels import raw as K
 from .layers import Activation, Dense
 from .losses import MSELoss, SoftmaxCrossEntropy
 
-
 #: Below this many multiply-adds in the largest product of a step, the fused
 #: path runs BLAS on one thread (mlp-small: 6.4M, mlp-mid: 51M).
 SMALL_PRODUCT = 1 << 24
@@ -47,7 +46,7 @@ def _load_compiled(dispatcher, args):
     with global_compiler_lock:
         try:
             cres = dispatcher._cache.load_overload(sig, dispatcher.targetctx)
-        except Exception:  # an unreadable entry is a miss: the kernel compiles as usual
+        except Exception:  # noqa: BLE001  (an unreadable entry is a miss: the kernel compiles as usual)
             cres = None
         if cres is None:
             return False
@@ -70,13 +69,12 @@ def compile_in_background(dtype):
     proc = _background.get(name)
     if proc is None:
         # its own session: it finishes filling the cache for the next run even
-        # after this process exits; nice: it must not slow this one down
+        # after this process exits
         # the child imports this same jitprop, whatever its own sys.path
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         proc = subprocess.Popen([sys.executable, "-m", "jitprop._precompile", name], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=lambda: os.nice(19))
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _background[name] = proc
     return proc
 
