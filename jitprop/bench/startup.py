@@ -99,14 +99,16 @@ acc = float(jnp.mean(jnp.argmax(z, 1) == yte))
 _MODULES = {"jitprop": "numba", "sklearn": "sklearn", "torch": "torch", "jax": "jax"}
 
 
-def _code(name):
+def job_code(name):
+    """The job as Python source for ``python -c`` (``name`` a key of :data:`JOBS`);
+    prints ``ACCURACY <test accuracy>``."""
     first = "import jitprop as jp\n" if name == "jitprop" else ""  # as the example: jitprop first
     return first + _DATA + JOBS[name] + '\nprint("ACCURACY %.4f" % acc)\n'
 
 
 def _run(name, env):
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", _code(name)], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", job_code(name)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"{name} job failed: {r.stderr[-2000:]}")
