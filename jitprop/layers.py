@@ -164,7 +164,9 @@ class Dense(Layer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         out = self._buffer("out", (x2.shape[0], self.n_out), self.dtype)
-        K.dense_act_forward(x2, self.params["W"], self.params["b"], out, self._act)
+        # small arrays take the serial twin: same arithmetic, no parallel kernel to compile
+        fwd = K.dense_act_forward_serial if out.size < K.PAR_MIN else K.dense_act_forward
+        fwd(x2, self.params["W"], self.params["b"], out, self._act)
         self._x = x2
         self._lead = lead
         return out.reshape(lead + (self.n_out,))
@@ -178,10 +180,12 @@ class Dense(Layer):
         check_output_grad(self, dy, self.dtype, self._lead + (self.n_out,))
         dy2 = dy.reshape(n, self.n_out)
         if not need_dx:
-            K.dense_backward_params(x2, dy2, self.grads["W"], self.grads["b"])
+            bwd = K.dense_backward_params_serial if dy2.size < K.PAR_MIN else K.dense_backward_params
+            bwd(x2, dy2, self.grads["W"], self.grads["b"])
             return None
         dx = self._buffer("dx", (n, self.n_in), self.dtype)
-        K.dense_backward(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
+        bwd = K.dense_backward_serial if dy2.size < K.PAR_MIN else K.dense_backward
+        bwd(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
         return dx.reshape(self._lead + (self.n_in,))
 
     def fuse_activation(self, code):
@@ -220,7 +224,7 @@ class Activation(Layer):
             self._a = x
             return x
         a = self._buffer("a", x.shape, x.dtype)
-        K.activation_forward(x, a, self.code)
+        (K.activation_forward_serial if a.size < K.PAR_MIN else K.activation_forward)(x, a, self.code)
         self._a = a
         return a
 
@@ -238,7 +242,7 @@ class Activation(Layer):
         if not need_dx:
             return None
         dz = self._buffer("dz", a.shape, a.dtype)
-        K.activation_backward(a, dy, dz, self.code)
+        (K.activation_backward_serial if a.size < K.PAR_MIN else K.activation_backward)(a, dy, dz, self.code)
         return dz
 
 

@@ -83,12 +83,13 @@ class SGD:
                 norm = K.clip_grad_norm(m.flat_grads, self.clip_norm)
             else:
                 norm = grad_norm
-                coef = self.clip_norm / (norm + 1e-6)
+                coef = self.clip_norm / (norm + K.CLIP_EPS)
                 if coef < 1.0:
                     K.scale_inplace(m.flat_grads, coef)
             self.last_grad_norm = norm
-        K.sgd_step(m.flat_params, m.flat_grads, self.velocity, self.lr, self.momentum,
-                   self.weight_decay, self.nesterov)
+        # small models take the serial twin: same arithmetic, no parallel kernel to compile
+        step = K.sgd_step_serial if m.flat_params.size < K.PAR_MIN else K.sgd_step
+        step(m.flat_params, m.flat_grads, self.velocity, self.lr, self.momentum, self.weight_decay, self.nesterov)
         self.steps += 1
         return norm
 

@@ -309,7 +309,7 @@ class Trainer:
     # -- training -------------------------------------------------------------------
     def fit(self, X, y, epochs=10, batch_size=64, shuffle=True, seed=0, validation_data=None,
             progress=True, track_gradients=False, on_nonfinite="raise", checkpoint=None,
-            checkpoint_every=None, resume=False, callback=None, use_fused=True):
+            checkpoint_every=None, resume=False, callback=None, use_fused="auto"):
         """Train the model.
 
         Parameters
@@ -357,13 +357,19 @@ class Trainer:
             run.
         callback : callable, optional
             ``callback(trainer, epoch, step, loss)`` after every step.
-        use_fused : bool, default True
+        use_fused : "auto", True or False, default "auto"
             For a model of Dense and activation layers, run many training
             steps per compiled call (:func:`jitprop.kernels.raw.mlp_train_steps`)
             instead of one Python call per layer: same kernels in the same
             order, so bitwise the same result, with far less Python overhead.
             Used unless ``callback``, ``track_gradients`` or
-            ``on_nonfinite="skip"`` need per-step Python code.
+            ``on_nonfinite="skip"`` need per-step Python code.  With
+            ``"auto"``, a short run (at most 100,000 steps) whose batch is
+            one part and whose fused kernel is not compiled or cached yet
+            starts layer by layer while a background process compiles the
+            fused kernel into the cache (``JITPROP_BACKGROUND_COMPILE=0``
+            turns that off), and switches to it once it is there; ``True``
+            compiles it before the first step.
 
         Returns
         -------
@@ -414,6 +420,8 @@ class Trainer:
         fused = None
         if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable():
             fused = FusedMLP.build(self, X, y, bs)
+            if fused is not None:
+                fused.start(use_fused, math.ceil(n / bs) * int(epochs))
         return _FitRun(X=X, y=y, validation=validation, epochs=int(epochs), n=n, bs=bs, steps=math.ceil(n / bs),
                        shuffle=shuffle, on_nonfinite=on_nonfinite, progress=progress, callback=callback,
                        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -479,7 +487,7 @@ class Trainer:
         total = state.total
         k = first_step
         while k < steps:
-            if fused is not None:
+            if run.fused is not None and run.fused.active():
                 # many steps in one compiled call; stop at checkpoint
                 # boundaries and often enough to redraw the progress bar
                 k_end = min(steps, k + run.chunk)

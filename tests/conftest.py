@@ -1,6 +1,12 @@
+import os
+
 import numba
 import numpy as np
 import pytest
+
+# short fits start layer by layer on an empty cache; in the test process they
+# must not also start background compiles (tests that want one set it to 1)
+os.environ.setdefault("JITPROP_BACKGROUND_COMPILE", "0")
 
 
 @pytest.fixture

@@ -31,13 +31,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 from .worker import GEMM_N, MARK, blas_info
 from .workloads import WORKLOADS, train_step_flops
-
 
 FRAMEWORKS = ("jitprop", "torch", "jax")
 GFLOPS_WORKLOADS = ("mlp-wide",)   # workloads whose training-step GFLOP/s is printed
@@ -269,8 +267,9 @@ def build_parser():
                         "training step alone with numpy's BLAS on 1 thread; their sum bounds the "
                         "samples/s any framework can reach on 1 thread with that BLAS")
     p.add_argument("--startup", action="store_true",
-                   help="instead of throughput: time a new process that imports jitprop and runs its "
-                        "first mlp-small training step, with an empty and with a warm compile cache")
+                   help="instead of throughput: time whole processes running the README's job (digits "
+                        "64-64-10, 40 epochs): jitprop with an empty and with a warm compile cache, and "
+                        "scikit-learn, PyTorch and JAX when installed")
     return p
 
 
@@ -307,49 +306,6 @@ def _measure_one(wl, fw, th, args, pin, say):
         r["first_step_s"], r["cpu_per_wall"],
         "" if other is None else ", other load %.2f cores" % other))
     return row
-
-
-_STARTUP_CODE = """
-import time
-t0 = time.perf_counter()
-import numpy as np
-import jitprop as jp
-t1 = time.perf_counter()
-rng = np.random.default_rng(0)
-X = rng.standard_normal((64, 784)).astype(np.float32)
-y = rng.integers(0, 10, 64)
-model = jp.Sequential([jp.Dense(784, 128, seed=0), jp.ReLU(), jp.Dense(128, 10, seed=1)])
-trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.01))
-trainer.fit(X, y, epochs=1, batch_size=64, progress=False)
-t2 = time.perf_counter()
-print("STARTUP %.4f %.4f" % (t1 - t0, t2 - t0))
-"""
-
-
-def startup(say, repeats=3):
-    """Time new processes: import jitprop, then the first mlp-small training
-    step through ``Trainer.fit``; with an empty Numba cache (cold: everything
-    compiles) and with the cache that run filled (warm).  Returns a dict."""
-    import tempfile
-
-    out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for label in ["cold"] + ["warm"] * repeats:
-            t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", _STARTUP_CODE], env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if r.returncode != 0:
-                raise SystemExit(r.stderr[-2000:])
-            imp, first = (float(v) for v in r.stdout.split("STARTUP")[1].split())
-            best = out.get(label)
-            if best is None or wall < best["process_s"]:
-                out[label] = {"process_s": wall, "import_s": imp, "import_and_first_step_s": first}
-    for label in ("cold", "warm"):
-        o = out[label]
-        say("%-4s cache: whole process %.2f s (import jitprop %.2f s, import + first mlp-small step %.2f s)"
-            % (label, o["process_s"], o["import_s"], o["import_and_first_step_s"]))
-    return out
 
 
 def floor_report(workloads, pin, timeout, say):
@@ -459,6 +415,8 @@ def main(argv=None):
             _write_json(args.json, {"floor": fl, "meta": collect_metadata(args, [], [])})
         return 0
     if args.startup:
+        from .startup import startup
+
         res = startup(lambda m: print(m, flush=True))
         if args.json:
             _write_json(args.json, {"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
