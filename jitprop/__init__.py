@@ -31,7 +31,7 @@ from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
-from .optim import SGD
+from .optim import SGD, Adam, AdamW, Optimizer
 from .trainer import Progress, Trainer
 from . import kernels
 
@@ -44,4 +44,5 @@ __all__ = [
     "gradcheck", "numerical_gradient", "relative_error",
     "set_num_threads", "get_num_threads", "threading_layer",
     "kernels", "load", "CheckpointError",
+    "Optimizer", "Adam", "AdamW",
 ]

@@ -13,7 +13,7 @@ from ._fused import FusedMLP
 from ._threads import single_thread_blas
 from .losses import Loss
 from .model import Sequential
-from .optim import SGD
+from .optim import SGD, Optimizer
 
 __all__ = ["Trainer", "Progress"]
 
@@ -96,8 +96,8 @@ class Trainer:
             raise TypeError(f"model must be a jitprop.Sequential, got {type(model).__name__}")
         if not isinstance(loss, Loss):
             raise TypeError(f"loss must be a jitprop loss (MSELoss, SoftmaxCrossEntropy), got {type(loss).__name__}")
-        if not isinstance(optimizer, SGD):
-            raise TypeError(f"optimizer must be a jitprop.SGD, got {type(optimizer).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a jitprop optimiser (SGD, Adam, AdamW), got {type(optimizer).__name__}")
         if optimizer.model is not model:
             raise ValueError("optimizer was built for a different model")
         self.model = model
@@ -366,7 +366,9 @@ class Trainer:
         yb = np.empty((bs,) + y.shape[1:], y.dtype)
         # the compiled multi-step path, when the model and options allow it
         fused = None
-        if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable():
+        # (the compiled multi-step path runs SGD only; other optimisers go layer by layer)
+        if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable() \
+                and type(self.optimizer) is SGD:
             fused = FusedMLP.build(self, X, y, bs)
         chunk = 1
         for epoch in range(start_epoch, int(epochs)):

@@ -10,7 +10,7 @@ code, where these Python-level checks cannot run.
 
 import numpy as np
 
-from .._checks import check_array, check_float, check_labels, no_overlap
+from .._checks import check_array, check_betas, check_float, check_labels, no_overlap
 from . import raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH
 
@@ -35,6 +35,7 @@ __all__ = [
     "mse_loss",
     "softmax_cross_entropy",
     "sgd_step",
+    "adam_step",
     "clip_grad_norm",
     "clip_grad_norm_list",
 ]
@@ -270,6 +271,52 @@ def sgd_step(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         raise ValueError("nesterov=True requires momentum > 0")
     raw.sgd_step(p, g, v, lr, momentum, weight_decay, bool(nesterov))
     return p
+
+
+def adam_step(p, g, m, v, vmax, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+              amsgrad=False, decoupled=False):
+    """In-place Adam (or, with ``decoupled=True``, AdamW) update with the
+    arithmetic of ``torch.optim.Adam`` / ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64, updated
+    g : ndarray (n,), same dtype, read
+    m, v : ndarray (n,), same dtype, first and second moments (zeros before step 1), updated
+    vmax : ndarray (n,), same dtype, running maximum of ``v`` (zeros before step 1), updated;
+        with ``amsgrad=False`` any 1-D array of the dtype (not read), e.g. ``np.zeros(0)``
+    step : int >= 1, the number of this step (1 for the first)
+    lr, eps, weight_decay : float >= 0
+    beta1, beta2 : float in [0, 1)
+    amsgrad, decoupled : bool
+
+    Returns
+    -------
+    p
+    """
+    check_array("p", p, ndim=1, writable=True)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        check_array(name, a, dtype=p.dtype, shape=p.shape, writable=name != "g")
+    amsgrad = _check_bool("amsgrad", amsgrad)
+    decoupled = _check_bool("decoupled", decoupled)
+    check_array("vmax", vmax, dtype=p.dtype, ndim=1, shape=p.shape if amsgrad else None, writable=amsgrad)
+    no_overlap(p=p, g=g, m=m, v=v)
+    if amsgrad:
+        no_overlap(vmax=vmax, p=p, g=g, m=m, v=v)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    lr = check_float("lr", lr, minimum=0.0)
+    beta1, beta2 = check_betas((beta1, beta2))
+    eps = check_float("eps", eps, minimum=0.0)
+    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
+    raw.adam_step(p, g, m, v, vmax, int(step), lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled)
+    return p
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def clip_grad_norm(g, max_norm):

@@ -1119,3 +1119,98 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
             _add_parts_range(grads, gx, active, 0, P)
             _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
     return step1 - step0
+
+
+# --------------------------------------------------------------------------
+# Adam and AdamW (appended; see jitprop.optim.Adam)
+# --------------------------------------------------------------------------
+@njit(**_jit)
+def adam_scalars(step, lr, beta1, beta2):
+    """``(step_size, sqrt(bias_correction2))`` of Adam step ``step`` (1-based),
+    in float64 with the formulas of ``torch.optim.Adam``:
+    ``step_size = lr / (1 - beta1**step)``, ``(1 - beta2**step) ** 0.5``."""
+    t = np.float64(step)  # a float exponent: pow(), as Python computes beta**step
+    bc1 = 1.0 - np.float64(beta1) ** t
+    bc2 = 1.0 - np.float64(beta2) ** t
+    return np.float64(lr) / bc1, bc2 ** 0.5
+
+
+@njit(**_jit)
+def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, omb2, eps, wd, decay,
+                decoupled, amsgrad):
+    # views from the block start: indices from 0 let the loops vectorise
+    p, g, m, v = p[start:stop], g[start:stop], m[start:stop], v[start:stop]
+    n = stop - start
+    one = p.dtype.type(1)
+    half = p.dtype.type(0.5)
+    zero = p.dtype.type(0)
+    small = w1 < half  # torch's lerp: start + w (end - start), else end - (end - start)(1 - w)
+    w1m = w1 - one
+    if amsgrad:
+        vmax = vmax[start:stop]
+    for i in range(n):
+        pi = p[i]
+        gi = g[i]
+        if wd != zero:
+            if decoupled:
+                pi = pi * decay
+            else:
+                gi = gi + wd * pi
+        mi = m[i]
+        if small:
+            mi = mi + w1 * (gi - mi)
+        else:
+            mi = gi + w1m * (gi - mi)
+        m[i] = mi
+        vi = v[i] * beta2 + omb2 * gi * gi
+        v[i] = vi
+        if amsgrad:
+            vi = max(vmax[i], vi)
+            vmax[i] = vi
+        p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+
+
+@njit(**_pjit)
+def adam_step(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled):
+    """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) update in
+    place, with the arithmetic of ``torch.optim.Adam`` / ``AdamW``
+    (single-tensor path)::
+
+        p *= 1 - lr * weight_decay            (AdamW)
+        g  = grad + weight_decay * p          (Adam)
+        m  = lerp(m, g, 1 - beta1)
+        v  = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v)                   (amsgrad; then v := vmax)
+        p -= step_size * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    with ``step_size = lr / (1 - beta1**step)``.
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64 (updated)
+    g : ndarray (n,), same dtype (read, not modified)
+    m, v : ndarray (n,), same dtype, first and second moments (zero before step 1; updated)
+    vmax : ndarray (n,) when amsgrad (updated), else any 1-D array of the dtype (unused)
+    step : int, the number of this step, 1 for the first
+    lr, beta1, beta2, eps, weight_decay : float
+        Scalars derived from them are formed in float64, then cast to the dtype of ``p``.
+    amsgrad, decoupled : bool
+    """
+    dt = p.dtype.type
+    ss, bs2 = adam_scalars(step, lr, beta1, beta2)
+    step_size, bc2_sqrt = dt(ss), dt(bs2)
+    w1 = dt(1.0 - beta1)
+    b2 = dt(beta2)
+    omb2 = dt(1.0 - beta2)
+    eps_ = dt(eps)
+    wd = dt(weight_decay)
+    decay = dt(1.0 - lr * weight_decay)
+    n = p.size
+    if n < _PAR_MIN:
+        _adam_range(p, g, m, v, vmax, 0, n, step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay,
+                    decoupled, amsgrad)
+    else:
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _adam_range(p, g, m, v, vmax, s, min(s + _CHUNK, n), step_size, bc2_sqrt, w1, b2, omb2, eps_,
+                        wd, decay, decoupled, amsgrad)

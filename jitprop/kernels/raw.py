@@ -17,6 +17,8 @@ from ._core import (  # noqa: F401
     LOSS_XENT,
     activation_backward,
     activation_forward,
+    adam_scalars,
+    adam_step,
     bias_grad,
     clip_grad_norm,
     dense_act_forward,
