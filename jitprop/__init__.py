@@ -32,6 +32,7 @@ from .lstm import LSTM
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
+from .schedules import CosineAnnealingLR, LinearLR, LRScheduler, ReduceLROnPlateau, StepLR
 from .trainer import Progress, Trainer
 from . import kernels
 
@@ -45,4 +46,5 @@ __all__ = [
     "set_num_threads", "get_num_threads", "threading_layer",
     "kernels", "load", "CheckpointError",
     "Optimizer", "Adam", "AdamW",
+    "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "ReduceLROnPlateau",
 ]
