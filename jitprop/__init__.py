@@ -27,7 +27,7 @@ if (_os.environ.get("JITPROP_OMP_DEFAULTS", "1") != "0" and "OMP_WAIT_POLICY" no
 from ._threads import get_num_threads, set_num_threads, threading_layer
 from .checkpoint import CheckpointError, load
 from .gradcheck import gradcheck, numerical_gradient, relative_error
-from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
+from .layers import Activation, Dense, Dropout, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
@@ -46,5 +46,6 @@ __all__ = [
     "set_num_threads", "get_num_threads", "threading_layer",
     "kernels", "load", "CheckpointError",
     "Optimizer", "Adam", "AdamW",
+    "Dropout",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "ReduceLROnPlateau",
 ]

@@ -127,3 +127,11 @@ def check_betas(betas):
         if b >= 1.0:
             raise ValueError(f"{name} must lie in [0, 1), got {b}")
     return b1, b2
+
+
+def check_dropout_p(p):
+    """A drop probability in ``[0, 1)``, or an error naming ``p``."""
+    p = check_float("p", p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must lie in [0, 1), got {p}")
+    return p

@@ -318,6 +318,7 @@ class Trainer:
             Xv, yv = self._prepare(*validation_data, name="X_val")
         n = X.shape[0]
         bs = int(min(batch_size, n))
+        self.model.train()  # fit trains: dropout on (evaluate switches it off for validation)
         _threads.warn_if_unsafe_layer()
         steps = math.ceil(n / bs)
         rng = np.random.default_rng(seed)
@@ -465,7 +466,8 @@ class Trainer:
         return hist
 
     def evaluate(self, X, y, batch_size=1024):
-        """Loss (and accuracy for classification) on a data set.
+        """Loss (and accuracy for classification) on a data set, in
+        evaluation mode (dropout off).
 
         Returns
         -------
@@ -477,13 +479,14 @@ class Trainer:
         n = X.shape[0]
         total = 0.0
         correct = 0
-        for s in range(0, n, batch_size):
-            xb = X[s:s + batch_size]
-            yb = y[s:s + batch_size]
-            pred = self.model.forward(xb)
-            total += self.loss.forward(pred, yb) * xb.shape[0]
-            if self.loss.classification:
-                correct += int(np.count_nonzero(pred.argmax(axis=1) == yb))
+        with self.model.eval_mode():  # dropout off
+            for s in range(0, n, batch_size):
+                xb = X[s:s + batch_size]
+                yb = y[s:s + batch_size]
+                pred = self.model.forward(xb)
+                total += self.loss.forward(pred, yb) * xb.shape[0]
+                if self.loss.classification:
+                    correct += int(np.count_nonzero(pred.argmax(axis=1) == yb))
         out = {"loss": total / n}
         if self.loss.classification:
             out["accuracy"] = correct / n

@@ -10,7 +10,7 @@ code, where these Python-level checks cannot run.
 
 import numpy as np
 
-from .._checks import check_array, check_betas, check_float, check_labels, no_overlap
+from .._checks import check_array, check_betas, check_dropout_p, check_float, check_labels, no_overlap
 from . import raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH
 
@@ -36,6 +36,7 @@ __all__ = [
     "softmax_cross_entropy",
     "sgd_step",
     "adam_step",
+    "dropout_apply",
     "clip_grad_norm",
     "clip_grad_norm_list",
 ]
@@ -311,6 +312,35 @@ def adam_step(p, g, m, v, vmax, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weig
     weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
     raw.adam_step(p, g, m, v, vmax, int(step), lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled)
     return p
+
+
+def dropout_apply(x, out, p, seed, step):
+    """Inverted dropout with a counter-based mask: ``out = x / (1 - p)`` on
+    kept elements, 0 on dropped ones; the same (``p``, ``seed``, ``step``)
+    give the same mask, so the backward pass is ``dropout_apply(dy, dx, p,
+    seed, step)``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, C-contiguous
+    out : ndarray, same shape and dtype, written (may be ``x`` itself)
+    p : float in [0, 1)
+    seed, step : int in [0, 2**63)
+
+    Returns
+    -------
+    out
+    """
+    check_array("x", x)
+    check_array("out", out, dtype=x.dtype, shape=x.shape, writable=True)
+    if out is not x and np.shares_memory(out, x):
+        raise ValueError("out must be x itself or not overlap it")
+    p = check_dropout_p(p)
+    for name, v in (("seed", seed), ("step", step)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2 ** 63:
+            raise ValueError(f"{name} must be an integer in [0, 2**63), got {v!r}")
+    raw.dropout_apply(x, out, p, int(seed), int(step))
+    return out
 
 
 def _check_bool(name, value):

@@ -1214,3 +1214,68 @@ def adam_step(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, amsgr
             s = c * _CHUNK
             _adam_range(p, g, m, v, vmax, s, min(s + _CHUNK, n), step_size, bc2_sqrt, w1, b2, omb2, eps_,
                         wd, decay, decoupled, amsgrad)
+
+
+# --------------------------------------------------------------------------
+# dropout with a counter-based mask (appended; see jitprop.Dropout)
+# --------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _mix64(z):
+    # splitmix64's finaliser: a bijection of uint64 with full avalanche
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**_jit)
+def dropout_key(seed, step):
+    """The 64-bit key of the mask of call ``step`` of a dropout layer seeded
+    ``seed`` (both non-negative integers below 2**63)."""
+    return _mix64(_mix64(np.uint64(seed) ^ np.uint64(0x5851F42D4C957F2D)) + np.uint64(step))
+
+
+@njit(**_jit)
+def _dropout_range(x, out, key, threshold, scale, start, stop):
+    # element i is kept iff the top 53 bits of mix64(key + (i + 1) * golden)
+    # are >= threshold: a function of (seed, step, i) alone
+    x, out = x[start:stop], out[start:stop]
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    zero = x.dtype.type(0)
+    base = key + np.uint64(start) * golden
+    for i in range(stop - start):
+        h = _mix64(base + np.uint64(i + 1) * golden) >> np.uint64(11)
+        out[i] = x[i] * scale if h >= threshold else zero
+
+
+@njit(**_pjit)
+def dropout_apply(x, out, p, seed, step):
+    """Inverted dropout: ``out = x / (1 - p)`` where the mask keeps an
+    element, else 0, for C-contiguous ``x``/``out`` of one shape and dtype
+    (``out`` may be ``x``).  The forward pass applies it to the input; the
+    backward pass applies it, with the same ``seed`` and ``step``, to the
+    output gradient.
+
+    Element ``i`` (flat index) is kept iff the top 53 bits of
+    ``mix64(dropout_key(seed, step) + (i + 1) * 0x9E3779B97F4A7C15)`` are at
+    least ``round(p * 2**53)``: a function of (seed, step, i) alone, so the
+    mask never depends on the thread count or the dtype, and nothing is stored.
+
+    Parameters
+    ----------
+    x, out : ndarray, float32 or float64
+    p : float in [0, 1), the drop probability
+    seed, step : int in [0, 2**63)
+        The layer's seed and the number of its call (one mask per call).
+    """
+    key = dropout_key(seed, step)
+    th = np.uint64(np.rint(np.float64(p) * 9007199254740992.0))  # p * 2**53, exact
+    sc = x.dtype.type(1.0 / (1.0 - np.float64(p)))
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    n = xf.size
+    if n < _PAR_MIN:
+        _dropout_range(xf, of, key, th, sc, 0, n)
+    else:
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _dropout_range(xf, of, key, th, sc, s, min(s + _CHUNK, n))

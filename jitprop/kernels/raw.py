@@ -25,6 +25,8 @@ from ._core import (  # noqa: F401
     dense_backward,
     dense_backward_params,
     dense_forward,
+    dropout_apply,
+    dropout_key,
     mlp_train_steps,
     mse_loss,
     relu_backward,
