@@ -13,6 +13,7 @@ keep them.
 import numpy as np
 
 from ._checks import as_float_dtype, check_dropout_p, check_int
+from .init import check_init, init_weight
 from .kernels import raw as K
 
 __all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh", "Dropout"]
@@ -147,8 +148,12 @@ class Dense(Layer):
         Input and output features.
     dtype : float32 or float64
     seed : int or None
-        Seed of the initialisation: ``W`` and ``b`` are drawn from
+        Seed of the initialisation.
+    init : {"torch", "xavier_uniform", "he_uniform", "orthogonal"}
+        "torch" (default): ``W`` and ``b`` drawn from
         ``U(-1/sqrt(n_in), 1/sqrt(n_in))``, PyTorch's default for ``nn.Linear``.
+        The others draw ``W`` with the formula of ``torch.nn.init`` of that
+        name (see :func:`jitprop.init.init_weight`) and set ``b`` to zero.
 
     Notes
     -----
@@ -159,17 +164,22 @@ class Dense(Layer):
     Parameters: ``W`` ``(n_in, n_out)``, ``b`` ``(n_out,)``.
     """
 
-    def __init__(self, n_in, n_out, dtype=np.float32, seed=None):
+    def __init__(self, n_in, n_out, dtype=np.float32, seed=None, init="torch"):
         super().__init__()
         self.n_in = check_int("n_in", n_in, 1)
         self.n_out = check_int("n_out", n_out, 1)
         self.dtype = as_float_dtype(dtype)
+        self.init = check_init(init)
         rng = np.random.default_rng(seed)
-        bound = 1.0 / np.sqrt(self.n_in)
-        self.params = {
-            "W": rng.uniform(-bound, bound, (self.n_in, self.n_out)).astype(self.dtype),
-            "b": rng.uniform(-bound, bound, (self.n_out,)).astype(self.dtype),
-        }
+        if self.init == "torch":
+            bound = 1.0 / np.sqrt(self.n_in)
+            self.params = {
+                "W": rng.uniform(-bound, bound, (self.n_in, self.n_out)).astype(self.dtype),
+                "b": rng.uniform(-bound, bound, (self.n_out,)).astype(self.dtype),
+            }
+        else:
+            self.params = {"W": init_weight(rng, self.init, self.n_in, self.n_out, self.dtype),
+                           "b": np.zeros(self.n_out, self.dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         # A following activation may be fused into the forward kernel
         # (set by Sequential); ``act_layer`` then caches the output.
@@ -212,7 +222,10 @@ class Dense(Layer):
         return dx.reshape(self._lead + (self.n_in,))
 
     def get_config(self):
-        return {"n_in": self.n_in, "n_out": self.n_out, "dtype": self.dtype.name}
+        config = {"n_in": self.n_in, "n_out": self.n_out, "dtype": self.dtype.name}
+        if self.init != "torch":
+            config["init"] = self.init
+        return config
 
     def __repr__(self):
         return f"Dense({self.n_in}, {self.n_out}, dtype={self.dtype.name})"
