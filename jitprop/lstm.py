@@ -6,7 +6,7 @@ from ._checks import as_float_dtype, check_float, check_int
 from ._threads import batch_parts, single_thread_blas
 from .kernels import _lstm as KL
 from .init import check_init, init_weight
-from .layers import Layer
+from .layers import LAYERS, Layer
 
 __all__ = ["LSTM"]
 
@@ -15,6 +15,7 @@ __all__ = ["LSTM"]
 MIN_PART_ROWS = 8
 
 
+@LAYERS.register
 class LSTM(Layer):
     """Long short-term memory layer over whole sequences.
 

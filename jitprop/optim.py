@@ -8,9 +8,14 @@ gradient norm, and allocates its state once, at construction.
 import numpy as np
 
 from ._checks import check_betas, check_float
+from ._registry import Registry
 from .kernels import raw as K
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
+
+#: Optimizer types a checkpoint can name (``@OPTIMIZERS.register`` adds one;
+#: the class needs ``state_dict``, ``load_state_dict`` and ``from_state_dict``).
+OPTIMIZERS = Registry("optimizer")
 
 
 class Optimizer:
@@ -111,6 +116,14 @@ class Optimizer:
         out["steps"] = self.steps
         return out
 
+    @classmethod
+    def from_state_dict(cls, model, state):
+        """A new optimizer for ``model`` in the state :meth:`state_dict` returned."""
+        kwargs = {k: state[k] for k in ("lr",) + cls.hyper_names + ("clip_norm",)}
+        opt = cls(model, **kwargs)
+        opt.load_state_dict(state)
+        return opt
+
     def load_state_dict(self, state):
         """Restore what :meth:`state_dict` returned."""
         arrays = {}
@@ -134,6 +147,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+@OPTIMIZERS.register
 class SGD(Optimizer):
     """SGD with momentum, weight decay and Nesterov momentum.
 
@@ -184,6 +198,7 @@ class SGD(Optimizer):
                    self.weight_decay, self.nesterov)
 
 
+@OPTIMIZERS.register
 class Adam(Optimizer):
     """Adam, with the arithmetic of ``torch.optim.Adam``.
 
@@ -246,6 +261,7 @@ class Adam(Optimizer):
         super().load_state_dict(state)
 
 
+@OPTIMIZERS.register
 class AdamW(Adam):
     """AdamW, with the arithmetic of ``torch.optim.AdamW``: as :class:`Adam`,
     but the decay is decoupled from the gradient and applied to the
