@@ -203,7 +203,9 @@ class Dense(Layer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         out = self._buffer("out", (x2.shape[0], self.n_out), self.dtype)
-        K.dense_act_forward(x2, self.params["W"], self.params["b"], out, self._act)
+        # small arrays take the serial twin: same arithmetic, no parallel kernel to compile
+        fwd = K.dense_act_forward_serial if out.size < K.PAR_MIN else K.dense_act_forward
+        fwd(x2, self.params["W"], self.params["b"], out, self._act)
         self._x = x2
         self._lead = lead
         return out.reshape(lead + (self.n_out,))
@@ -220,10 +222,12 @@ class Dense(Layer):
                 f"got {dy.dtype} {dy.shape}")
         dy2 = dy.reshape(n, self.n_out)
         if not need_dx:
-            K.dense_backward_params(x2, dy2, self.grads["W"], self.grads["b"])
+            bwd = K.dense_backward_params_serial if dy2.size < K.PAR_MIN else K.dense_backward_params
+            bwd(x2, dy2, self.grads["W"], self.grads["b"])
             return None
         dx = self._buffer("dx", (n, self.n_in), self.dtype)
-        K.dense_backward(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
+        bwd = K.dense_backward_serial if dy2.size < K.PAR_MIN else K.dense_backward
+        bwd(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
         return dx.reshape(self._lead + (self.n_in,))
 
     def fuse_activation(self, code):
@@ -265,7 +269,7 @@ class Activation(Layer):
             self._a = x
             return x
         a = self._buffer("a", x.shape, x.dtype)
-        K.activation_forward(x, a, self.code)
+        (K.activation_forward_serial if a.size < K.PAR_MIN else K.activation_forward)(x, a, self.code)
         self._a = a
         return a
 
@@ -286,7 +290,7 @@ class Activation(Layer):
         if not need_dx:
             return None
         dz = self._buffer("dz", a.shape, a.dtype)
-        K.activation_backward(a, dy, dz, self.code)
+        (K.activation_backward_serial if a.size < K.PAR_MIN else K.activation_backward)(a, dy, dz, self.code)
         return dz
 
 
@@ -363,7 +367,7 @@ class Dropout(Layer):
             self._mask_step = None
             return x
         out = self._buffer("out", x.shape, x.dtype)
-        K.dropout_apply(x, out, self.p, self.seed, self.step)
+        self._apply(x, out, self.step)
         self._mask_step = self.step
         self.step += 1
         return out
@@ -376,8 +380,13 @@ class Dropout(Layer):
         if not isinstance(dy, np.ndarray) or dy.dtype != self.dtype or not dy.flags.c_contiguous:
             raise ValueError(f"Dropout.backward: dy must be a C-contiguous {self.dtype} array")
         dx = self._buffer("dx", dy.shape, dy.dtype)
-        K.dropout_apply(dy, dx, self.p, self.seed, self._mask_step)
+        self._apply(dy, dx, self._mask_step)
         return dx
+
+    def _apply(self, x, out, step):
+        # small arrays take the serial twin: the same mask, no parallel kernel to compile
+        kernel = K.dropout_apply_serial if x.size < K.PAR_MIN else K.dropout_apply
+        kernel(x, out, self.p, self.seed, step)
 
     def get_config(self):
         return {"p": self.p, "seed": self.seed}

@@ -91,7 +91,7 @@ class Optimizer:
                 norm = K.clip_grad_norm(m.flat_grads, self.clip_norm)
             else:
                 norm = grad_norm
-                coef = self.clip_norm / (norm + 1e-6)
+                coef = self.clip_norm / (norm + K.CLIP_EPS)
                 if coef < 1.0:
                     K.scale_inplace(m.flat_grads, coef)
             self.last_grad_norm = norm
@@ -194,8 +194,9 @@ class SGD(Optimizer):
 
     def _update(self):
         m = self.model
-        K.sgd_step(m.flat_params, m.flat_grads, self.velocity, self.lr, self.momentum,
-                   self.weight_decay, self.nesterov)
+        # small models take the serial twin: same arithmetic, no parallel kernel to compile
+        step = K.sgd_step_serial if m.flat_params.size < K.PAR_MIN else K.sgd_step
+        step(m.flat_params, m.flat_grads, self.velocity, self.lr, self.momentum, self.weight_decay, self.nesterov)
 
 
 @OPTIMIZERS.register
@@ -252,8 +253,10 @@ class Adam(Optimizer):
     def _update(self):
         m = self.model
         b1, b2 = self.betas
-        K.adam_step(m.flat_params, m.flat_grads, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq,
-                    self.steps + 1, self.lr, b1, b2, self.eps, self.weight_decay, self.amsgrad, self.decoupled)
+        # small models take the serial twin: same arithmetic, no parallel kernel to compile
+        step = K.adam_step_serial if m.flat_params.size < K.PAR_MIN else K.adam_step
+        step(m.flat_params, m.flat_grads, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq,
+             self.steps + 1, self.lr, b1, b2, self.eps, self.weight_decay, self.amsgrad, self.decoupled)
 
     def load_state_dict(self, state):
         if bool(state["amsgrad"]) != self.amsgrad:

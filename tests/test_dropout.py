@@ -187,3 +187,14 @@ def test_bad_arguments():
         kernels.dropout_apply(np.ones(3), np.ones(3), 0.5, 1, -1)
     with pytest.raises(TypeError, match="out"):
         kernels.dropout_apply(np.ones(3), np.ones(3, np.float32), 0.5, 1, 0)
+
+
+@pytest.mark.parametrize("n", [1000, 70001])
+def test_serial_twin_gives_the_same_mask(n):
+    from jitprop.kernels import raw
+
+    x = np.random.default_rng(6).standard_normal(n).astype(np.float32)
+    a, b = np.empty_like(x), np.empty_like(x)
+    raw.dropout_apply(x, a, 0.35, 17, 4)
+    raw.dropout_apply_serial(x, b, 0.35, 17, 4)
+    np.testing.assert_array_equal(a, b)

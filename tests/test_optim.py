@@ -229,3 +229,20 @@ def test_trainer_accepts_every_optimiser():
         assert h["loss"][-1] < h["loss"][0]
     with pytest.raises(TypeError, match="optimi"):
         jp.Trainer(_model(), jp.MSELoss(), object())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [100, 70001])
+def test_adam_serial_twin_bitwise_equal(dtype, n):
+    from jitprop.kernels import raw
+
+    rng = np.random.default_rng(5)
+    base = [rng.standard_normal(n).astype(dtype) for _ in range(4)] + [rng.random(n).astype(dtype)]
+    outs = []
+    for kernel in (raw.adam_step, raw.adam_step_serial):
+        p, g, m, v, vmax = (a.copy() for a in base)
+        for t in range(1, 4):
+            kernel(p, g, m, v, vmax, t, 0.01, 0.9, 0.999, 1e-8, 0.1, True, t % 2 == 0)
+        outs.append((p, m, v, vmax))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._checks import check_array, check_betas, check_dropout_p, check_float, check_labels, no_overlap
 from . import raw
-from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH
+from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
 
 __all__ = [
     "raw",
@@ -361,7 +361,7 @@ def clip_grad_norm_list(grads, max_norm):
     """Clip a list of gradient arrays jointly to global L2 norm ``max_norm``.
 
     Same rule as ``torch.nn.utils.clip_grad_norm_``: the norm is taken over
-    all arrays together; if ``max_norm / (norm + 1e-6) < 1`` every array is
+    all arrays together; if ``max_norm / (norm + CLIP_EPS) < 1`` (1e-6) every array is
     scaled by that factor.  Returns the norm before clipping.
     """
     max_norm = check_float("max_norm", max_norm, minimum=0.0)
@@ -377,7 +377,7 @@ def clip_grad_norm_list(grads, max_norm):
     for g in grads:
         total += raw.sum_squares(g)
     norm = float(np.sqrt(total))
-    coef = max_norm / (norm + 1e-6)
+    coef = max_norm / (norm + CLIP_EPS)
     if coef < 1.0:
         for g in grads:
             raw.scale_inplace(g, coef)
