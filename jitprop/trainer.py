@@ -16,7 +16,7 @@ from ._fused import FusedMLP
 from ._threads import single_thread_blas
 from .losses import Loss
 from .model import Sequential
-from .optim import SGD, Optimizer
+from .optim import Optimizer
 from .schedules import LRScheduler, ReduceLROnPlateau
 from .stopping import EarlyStopping
 
@@ -368,8 +368,8 @@ class Trainer:
             instead of one Python call per layer: same kernels in the same
             order, so bitwise the same result, with far less Python overhead.
             Used unless ``callback``, ``track_gradients`` or
-            ``on_nonfinite="skip"`` need per-step Python code, and only with
-            :class:`~jitprop.SGD` (other optimisers run layer by layer).
+            ``on_nonfinite="skip"`` need per-step Python code (SGD, Adam and
+            AdamW; a model with Dropout runs layer by layer).
         scheduler : LRScheduler, optional
             A learning-rate schedule of this trainer's optimiser (e.g.
             :class:`~jitprop.CosineAnnealingLR`), stepped once at the end of
@@ -456,9 +456,7 @@ class Trainer:
         self.model.train()  # fit trains: dropout on (evaluate switches it off for validation)
         _threads.warn_if_unsafe_layer()
         fused = None
-        # (the compiled multi-step path runs SGD only; other optimisers go layer by layer)
-        if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable() \
-                and type(self.optimizer) is SGD:
+        if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable():
             fused = FusedMLP.build(self, X, y, bs)
         return _FitRun(X=X, y=y, validation=validation, epochs=int(epochs), n=n, bs=bs, steps=math.ceil(n / bs),
                        shuffle=shuffle, on_nonfinite=on_nonfinite, progress=progress, callback=callback,

@@ -42,6 +42,19 @@ SCRIPT = textwrap.dedent("""
             counts[k] = rtsys.get_allocation_stats().alloc - a0
         out["fused_allocs_%d" % parts] = counts
 
+    # 1b. the same with AdamW (amsgrad) in the compiled update
+    model_a = jp.Sequential([jp.Dense(20, 32, seed=0), jp.ReLU(), jp.Dense(32, 5, seed=1)])
+    tr_a = jp.Trainer(model_a, jp.SoftmaxCrossEntropy(), jp.AdamW(model_a, lr=0.01, amsgrad=True, clip_norm=5.0))
+    for parts in (1, 2):
+        plan = FusedMLP.build(tr_a, X, y, 64, parts=parts)
+        plan.run(order, 0, 10, True)
+        counts = {}
+        for k in (1, 10):
+            a0 = rtsys.get_allocation_stats().alloc
+            plan.run(order, 0, k, True)
+            counts[k] = rtsys.get_allocation_stats().alloc - a0
+        out["fused_adam_allocs_%d" % parts] = counts
+
     # 2. the LSTM kernels called from compiled code (as from a user's @njit loop)
     from numba import njit
     from jitprop.kernels import _lstm as KL
@@ -136,6 +149,8 @@ def test_zero_allocations_per_training_step():
     lstm = out["lstm_allocs"]
     # the same count for 1 and 10 steps: nothing is allocated per step
     for parts in (1, 2):
+        fused = out["fused_adam_allocs_%d" % parts]
+        assert fused["1"] == fused["10"] and fused["10"] <= 30, (parts, fused)
         fused = out["fused_allocs_%d" % parts]
         assert fused["1"] == fused["10"], (parts, fused)
         # and only the per-call argument records: a small constant

@@ -205,3 +205,104 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="classification"):
         tr.fit(X, y[:, None].astype(float), epochs=1, progress=False, validation_data=(X, y[:, None]),
                early_stopping=jp.EarlyStopping("val_accuracy"))
+
+
+# --------------------------------------------------------------------------
+# Adam and AdamW in the compiled multi-step path
+# --------------------------------------------------------------------------
+ADAM_CASES = [("Adam", dict(lr=0.01)),
+              ("Adam", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=1e-3, amsgrad=True)),
+              ("AdamW", dict(lr=0.01, weight_decay=0.1, clip_norm=0.5)),
+              ("AdamW", dict(lr=0.01, amsgrad=True, clip_norm=0.5))]
+
+
+def _mlp(dtype, n_in=5):
+    return jp.Sequential([jp.Dense(n_in, 9, dtype=dtype, seed=2), jp.Sigmoid(), jp.Dense(9, 7, dtype=dtype, seed=3),
+                          jp.ReLU(), jp.Dense(7, 3, dtype=dtype, seed=4)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss_name", ["mse", "xent"])
+@pytest.mark.parametrize("opt,opt_kw", ADAM_CASES)
+def test_fused_adam_is_bitwise_equal_to_layer_by_layer(dtype, loss_name, opt, opt_kw):
+    rng = np.random.default_rng(0)
+    X, y = blobs(203)  # 203 rows: the last batch of 16 is short
+    if loss_name == "mse":
+        y = np.eye(3)[y] + 0.1 * rng.standard_normal((203, 3))
+    results = []
+    for use_fused in (True, False):
+        model = _mlp(dtype)
+        loss = jp.MSELoss() if loss_name == "mse" else jp.SoftmaxCrossEntropy()
+        tr = jp.Trainer(model, loss, getattr(jp, opt)(model, **opt_kw))
+        sched = jp.CosineAnnealingLR(tr.optimizer, T_max=3)
+        tr.fit(X, y, epochs=3, batch_size=16, seed=1, progress=False, use_fused=use_fused, scheduler=sched)
+        results.append((model.get_params(), {k: v.copy() for k, v in tr.optimizer.state_arrays().items()},
+                        tr.optimizer.steps, tr.history["loss"]))
+    from jitprop._fused import FusedMLP
+    assert FusedMLP.build(tr, *tr._prepare(X, y), 16) is not None  # the fused run did use the compiled path
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for k in results[0][1]:
+        np.testing.assert_array_equal(results[0][1][k], results[1][1][k])
+    assert results[0][2] == results[1][2] == 3 * 13
+    assert results[0][3] == results[1][3]
+
+
+def _adam_parts_run(parts, dtype, opt, opt_kw, threads=None):
+    from jitprop._fused import FusedMLP
+
+    X, y = blobs(203)
+    model = _mlp(dtype)
+    tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), getattr(jp, opt)(model, **opt_kw))
+    Xc, yc = tr._prepare(X, y)
+    plan = FusedMLP.build(tr, Xc, yc, 64, parts=parts)
+    assert plan.parts == parts
+    old = jp.get_num_threads()
+    if threads is not None:
+        jp.set_num_threads(threads)
+    try:
+        for e in range(2):
+            order = np.random.default_rng(e).permutation(203).astype(np.int64)
+            assert plan.run(order, 0, 2, True) == 2   # two calls per epoch: the step count carries over
+            assert plan.run(order, 2, 4, True) == 2
+    finally:
+        jp.set_num_threads(old)
+    return model.get_params(), tr.optimizer.state_arrays(), tr.optimizer.steps
+
+
+@pytest.mark.parametrize("opt,opt_kw", ADAM_CASES)
+def test_fused_adam_with_batch_parts(opt, opt_kw):
+    # parts change only the order of the gradient additions: float64 agrees to rounding
+    p1, s1, n1 = _adam_parts_run(1, np.float64, opt, opt_kw)
+    p3, s3, n3 = _adam_parts_run(3, np.float64, opt, opt_kw)
+    assert n1 == n3 == 8
+    np.testing.assert_allclose(p3, p1, rtol=1e-10, atol=1e-12)
+    # and the thread count changes nothing
+    a = _adam_parts_run(2, np.float32, opt, opt_kw, threads=1)
+    b = _adam_parts_run(2, np.float32, opt, opt_kw, threads=2)
+    np.testing.assert_array_equal(a[0], b[0])
+    for k in a[1]:
+        np.testing.assert_array_equal(a[1][k], b[1][k])
+
+
+def test_fused_adam_matches_torch():
+    torch = pytest.importorskip("torch")
+    X, y = blobs(96)
+    model = _mlp(np.float64)
+    params = [torch.tensor(layer.params[k].copy(), requires_grad=True) for layer in model.layers for k in layer.params]
+    tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.AdamW(model, lr=0.02, amsgrad=True, weight_decay=0.05))
+    tr.fit(X, y, epochs=2, batch_size=16, shuffle=False, progress=False)
+    topt = torch.optim.AdamW(params, lr=0.02, amsgrad=True, weight_decay=0.05)
+    acts = [torch.sigmoid, torch.relu, None]
+    for _ in range(2):
+        for k in range(6):
+            xb = torch.tensor(X[16 * k:16 * (k + 1)])
+            h = xb
+            for j in range(3):
+                h = h @ params[2 * j] + params[2 * j + 1]
+                if acts[j] is not None:
+                    h = acts[j](h)
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(h, torch.tensor(y[16 * k:16 * (k + 1)])).backward()
+            topt.step()
+    ref = np.concatenate([p.detach().numpy().ravel() for p in params])
+    np.testing.assert_allclose(model.flat_params, ref, rtol=1e-12, atol=0)

@@ -867,6 +867,9 @@ def segment_norms(flat, offsets, out):
 #: Loss codes of :func:`mlp_train_steps`.
 LOSS_MSE = 0
 LOSS_XENT = 1
+#: Optimiser codes of :func:`mlp_train_steps`.
+OPT_SGD = 0
+OPT_ADAM = 1
 
 
 @njit(**_jit)
@@ -1008,16 +1011,17 @@ def _clip_and_check(grads, value, check, clip_norm):
 @njit(**_pjit)
 def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, gx, velocity, ws,
                     stride, hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, lr, momentum,
-                    weight_decay, nesterov, clip_norm, check, losses):
-    """Run SGD steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
+                    weight_decay, nesterov, clip_norm, check, losses, opt_kind, exp_avg, exp_avg_sq,
+                    max_exp_avg_sq, adam_steps, beta1, beta2, eps, amsgrad, decoupled):
+    """Run SGD or Adam steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
 
     Step ``k`` trains on rows ``order[k*bs : (k+1)*bs]`` of ``X`` (the last
     batch may be shorter).  Each batch is cut into ``gx.shape[0] + 1`` parts
     of ``ceil(m / parts)`` consecutive rows, and the parts run forward,
     loss and backward at the same time (a ``prange`` over parts, each with
     its own workspace and gradient vector; BLAS must run on one thread while
-    they do).  Their gradients are then added in part order and SGD updates
-    the parameters, both in parallel over chunks of the parameter vector.
+    they do).  Their gradients are then added in part order and the optimiser
+    updates the parameters, both in parallel over chunks of the parameter vector.
     The number of parts, not the number of threads, fixes the arithmetic, so
     the results are the same for any thread count; with one part they are
     bitwise those of :meth:`jitprop.Trainer.fit` layer by layer in Python.
@@ -1048,6 +1052,12 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
     check : bool
         Stop before applying a step whose loss or gradients are not finite.
     losses : ndarray (>= step1 - step0,), float64, written: each step's loss
+    opt_kind : int, ``OPT_SGD`` or ``OPT_ADAM``
+        SGD uses ``velocity``, ``momentum``, ``nesterov``; Adam (the update of
+        :func:`adam_step`) uses ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``
+        (as there), ``adam_steps`` (steps taken before ``step0``), ``beta1``,
+        ``beta2``, ``eps``, ``amsgrad``, ``decoupled``.  Both use ``lr`` and
+        ``weight_decay``; the other optimiser's arrays may have size 0.
 
     Returns
     -------
@@ -1063,6 +1073,7 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
     lr_, mom, wd = dt(lr), dt(momentum), dt(weight_decay)
     nch = (P + _CHUNK - 1) // _CHUNK
     par_update = P >= PAR_MIN
+    adam = opt_kind == OPT_ADAM
     for k in range(step0, step1):
         s = k * bs
         m = min(bs, N - s)
@@ -1098,16 +1109,27 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
             active = 1
         if not _clip_and_check(grads, value, check, clip_norm):
             return k - step0
+        # Adam's scalars of this step (unused, and harmless, for SGD)
+        a_ss, a_bc2, a_w1, a_b2, a_omb2, a_eps, a_wd, a_decay = _adam_consts(
+            params, adam_steps + (k - step0) + 1, lr, beta1, beta2, eps, weight_decay)
         # add the parts' gradients (if not done yet) and update, chunk by chunk
         if par_update:
             for c in prange(nch):
                 c0 = c * _CHUNK
                 c1 = min(c0 + _CHUNK, P)
                 _add_parts_range(grads, gx, active, c0, c1)
-                _sgd_range(params, grads, velocity, c0, c1, lr_, mom, wd, nesterov)
+                if adam:
+                    _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, c0, c1, a_ss, a_bc2, a_w1,
+                                a_b2, a_omb2, a_eps, a_wd, a_decay, decoupled, amsgrad)
+                else:
+                    _sgd_range(params, grads, velocity, c0, c1, lr_, mom, wd, nesterov)
         else:
             _add_parts_range(grads, gx, active, 0, P)
-            _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
+            if adam:
+                _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, 0, P, a_ss, a_bc2, a_w1,
+                            a_b2, a_omb2, a_eps, a_wd, a_decay, decoupled, amsgrad)
+            else:
+                _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
     return step1 - step0
 
 

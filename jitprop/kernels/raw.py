@@ -16,6 +16,8 @@ from ._core import (  # noqa: F401
     CLIP_EPS,
     LOSS_MSE,
     LOSS_XENT,
+    OPT_ADAM,
+    OPT_SGD,
     activation_backward,
     activation_forward,
     adam_scalars,
