@@ -17,11 +17,13 @@ from ._cache import cache_dir  # noqa: E402
 from ._threads import get_num_threads, set_num_threads, threading_layer
 from .checkpoint import CheckpointError
 from .gradcheck import gradcheck, numerical_gradient, relative_error
-from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
+from .layers import Activation, Dense, Dropout, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
-from .optim import SGD
+from .optim import SGD, Adam, AdamW, Optimizer
+from .schedules import CosineAnnealingLR, LinearLR, LRScheduler, ReduceLROnPlateau, StepLR
+from .stopping import EarlyStopping
 from .trainer import Progress, Trainer, load
 from . import kernels
 
@@ -34,4 +36,7 @@ __all__ = [
     "gradcheck", "numerical_gradient", "relative_error",
     "set_num_threads", "get_num_threads", "threading_layer",
     "kernels", "load", "CheckpointError", "cache_dir",
+    "Optimizer", "Adam", "AdamW",
+    "Dropout", "EarlyStopping",
+    "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "ReduceLROnPlateau",
 ]

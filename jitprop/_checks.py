@@ -146,3 +146,25 @@ def check_float(name, value, minimum=None, finite=True):
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_betas(betas):
+    """``betas`` as a pair of floats in ``[0, 1)``, or a ValueError naming it."""
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    b1 = check_float("betas[0]", b1, minimum=0.0)
+    b2 = check_float("betas[1]", b2, minimum=0.0)
+    for name, b in (("betas[0]", b1), ("betas[1]", b2)):
+        if b >= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {b}")
+    return b1, b2
+
+
+def check_dropout_p(p):
+    """A drop probability in ``[0, 1)``, or an error naming ``p``."""
+    p = check_float("p", p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must lie in [0, 1), got {p}")
+    return p

@@ -3,9 +3,9 @@
 :class:`FusedMLP` describes a Sequential of Dense and activation layers to
 :func:`jitprop.kernels.raw.mlp_train_steps` (a table of layer sizes,
 activation codes and parameter offsets, plus one workspace vector) so that
-many SGD steps run inside one compiled call.  It uses the model's own flat
-parameter, gradient and momentum vectors, so the model, the optimizer and
-checkpoints see every update.
+many SGD or Adam/AdamW steps run inside one compiled call.  It uses the
+model's own flat parameter and gradient vectors and the optimizer's own state
+arrays, so the model, the optimizer and checkpoints see every update.
 """
 
 import os
@@ -18,6 +18,7 @@ from ._threads import batch_parts, single_thread_blas
 from .kernels import raw as K
 from .layers import Activation, Dense
 from .losses import MSELoss, SoftmaxCrossEntropy
+from .optim import SGD, Adam, AdamW
 
 #: Below this many multiply-adds in the largest product of a step, the fused
 #: path runs BLAS on one thread (mlp-small: 6.4M, mlp-mid: 51M).
@@ -102,6 +103,8 @@ class FusedMLP:
         model, loss = trainer.model, trainer.loss
         if X.ndim != 2 or not isinstance(loss, (MSELoss, SoftmaxCrossEntropy)):
             return None
+        if type(trainer.optimizer) not in (SGD, Adam, AdamW):
+            return None  # an optimiser the compiled update does not know
         units = []  # [n_in, n_out, act, offW, offb]
         slices = {(li, name): sl for li, name, sl in model.param_slices}
         prev_dense = False
@@ -165,6 +168,7 @@ class FusedMLP:
         # must not multiply), and for small products, where waking OpenBLAS's
         # threads costs more than it saves (see single_thread_blas)
         self.single_blas = self.parts > 1 or largest < SMALL_PRODUCT
+        self.empty = np.zeros(0, dt)  # stands for the other optimiser's arrays
         self._ready = False
         self._background = None
 
@@ -204,9 +208,19 @@ class FusedMLP:
         return K.mlp_train_steps(*self._args(order, step0, step1, check))
 
     def _args(self, order, step0, step1, check):
-        m, opt = self.model, self.opt
+        m, opt, e = self.model, self.opt, self.empty
+        if isinstance(opt, Adam):
+            kind, velocity, momentum, nesterov = K.OPT_ADAM, e, 0.0, False
+            mom1, mom2, vmax = opt.exp_avg, opt.exp_avg_sq, opt.max_exp_avg_sq
+            (beta1, beta2), eps, amsgrad, decoupled = opt.betas, opt.eps, opt.amsgrad, opt.decoupled
+        else:
+            kind, velocity, momentum, nesterov = K.OPT_SGD, opt.velocity, opt.momentum, opt.nesterov
+            mom1 = mom2 = vmax = e
+            beta1, beta2, eps, amsgrad, decoupled = 0.0, 0.0, 0.0, False, False
         return (self.X, self.Yf, self.Yi, order, self.bs, step0, step1, self.table,
-                m.flat_params, m.flat_grads, self.gx, opt.velocity, self.ws, self.stride, self.hoff,
+                m.flat_params, m.flat_grads, self.gx, velocity, self.ws, self.stride, self.hoff,
                 self.d0, self.d1, self.row_off, self.xb_off, self.yb_off, self.yb_i, self.kind, float(opt.lr),
-                float(opt.momentum), float(opt.weight_decay), bool(opt.nesterov),
-                -1.0 if opt.clip_norm is None else float(opt.clip_norm), bool(check), self.losses)
+                float(momentum), float(opt.weight_decay), bool(nesterov),
+                -1.0 if opt.clip_norm is None else float(opt.clip_norm), bool(check), self.losses,
+                kind, mom1, mom2, vmax, int(opt.steps), float(beta1), float(beta2), float(eps), bool(amsgrad),
+                bool(decoupled))

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from ._checks import as_float_dtype, check_int, check_layer_input, check_output_grad
+from ._checks import as_float_dtype, check_float, check_int, check_layer_input, check_output_grad
 from ._threads import batch_parts, single_thread_blas
+from .init import check_init, init_weight
 from .kernels import raw as K
 from .layers import LAYERS, Layer
 
@@ -44,8 +45,17 @@ class LSTM(Layer):
         False, every call starts from zero states.
     dtype : float32 or float64
     seed : int or None
-        Initialisation seed: every parameter is drawn from
-        ``U(-1/sqrt(H), 1/sqrt(H))``, PyTorch's default for ``nn.LSTM``.
+        Initialisation seed.
+    init : {"torch", "xavier_uniform", "he_uniform", "orthogonal"}
+        "torch" (default): every parameter drawn from ``U(-1/sqrt(H), 1/sqrt(H))``,
+        PyTorch's default for ``nn.LSTM``.  "xavier_uniform" and "he_uniform"
+        draw ``W_x`` and ``W_h`` with that ``torch.nn.init`` formula (fans of
+        torch's ``weight_ih``/``weight_hh``); "orthogonal" draws ``W_h`` with
+        ``torch.nn.init.orthogonal_`` (orthonormal rows) and ``W_x`` with
+        xavier_uniform.  These three set ``b`` to zero.
+    forget_bias : float or None
+        If set, the forget gate's bias ``b[H:2H]`` starts at this value
+        (1.0 is a common choice); None leaves it as ``init`` draws it.
 
     Notes
     -----
@@ -58,20 +68,33 @@ class LSTM(Layer):
     to the initial states.  Set ``h0``/``c0`` with :meth:`set_state`.
     """
 
-    def __init__(self, n_in, n_hidden, return_sequences=True, stateful=False, dtype=np.float32, seed=None):
+    def __init__(self, n_in, n_hidden, return_sequences=True, stateful=False, dtype=np.float32, seed=None,
+                 init="torch", forget_bias=None):
         super().__init__()
         self.n_in = check_int("n_in", n_in, 1)
         self.n_hidden = H = check_int("n_hidden", n_hidden, 1)
         self.return_sequences = bool(return_sequences)
         self.stateful = bool(stateful)
         self.dtype = as_float_dtype(dtype)
+        self.init = check_init(init)
+        self.forget_bias = None if forget_bias is None else check_float("forget_bias", forget_bias)
         rng = np.random.default_rng(seed)
-        k = 1.0 / np.sqrt(H)
-        self.params = {
-            "W_x": rng.uniform(-k, k, (self.n_in, 4 * H)).astype(self.dtype),
-            "W_h": rng.uniform(-k, k, (H, 4 * H)).astype(self.dtype),
-            "b": rng.uniform(-k, k, (4 * H,)).astype(self.dtype),
-        }
+        if self.init == "torch":
+            k = 1.0 / np.sqrt(H)
+            self.params = {
+                "W_x": rng.uniform(-k, k, (self.n_in, 4 * H)).astype(self.dtype),
+                "W_h": rng.uniform(-k, k, (H, 4 * H)).astype(self.dtype),
+                "b": rng.uniform(-k, k, (4 * H,)).astype(self.dtype),
+            }
+        else:
+            kind_x = "xavier_uniform" if self.init == "orthogonal" else self.init
+            self.params = {
+                "W_x": init_weight(rng, kind_x, self.n_in, 4 * H, self.dtype),
+                "W_h": init_weight(rng, self.init, H, 4 * H, self.dtype),
+                "b": np.zeros(4 * H, self.dtype),
+            }
+        if self.forget_bias is not None:
+            self.params["b"][H:2 * H] = self.forget_bias
         self.grads = {name: np.zeros_like(v) for name, v in self.params.items()}
         self._x = None
         self._B = None
@@ -184,8 +207,13 @@ class LSTM(Layer):
         return batch_parts(batch, MIN_PART_ROWS) > 1
 
     def get_config(self):
-        return {"n_in": self.n_in, "n_hidden": self.n_hidden, "return_sequences": self.return_sequences,
-                "stateful": self.stateful, "dtype": self.dtype.name}
+        config = {"n_in": self.n_in, "n_hidden": self.n_hidden, "return_sequences": self.return_sequences,
+                  "stateful": self.stateful, "dtype": self.dtype.name}
+        if self.init != "torch":
+            config["init"] = self.init
+        if self.forget_bias is not None:
+            config["forget_bias"] = self.forget_bias
+        return config
 
     def __repr__(self):
         extra = "" if self.return_sequences else ", return_sequences=False"

@@ -1,5 +1,7 @@
 """Sequential model: a stack of layers with all parameters in one flat vector."""
 
+import contextlib
+
 import numpy as np
 
 from ._checks import as_float_dtype
@@ -121,6 +123,35 @@ class Sequential:
             raise ValueError(f"flat parameters must have shape {self.flat_params.shape}, got {flat.shape}")
         self.flat_params[...] = flat
 
+    # -- training / evaluation mode ----------------------------------------------------
+    @property
+    def training(self):
+        """True in training mode (the default), False after :meth:`eval`."""
+        return all(layer.training for layer in self.layers)
+
+    def train(self, mode=True):
+        """Put every layer in training mode (``mode=False``: evaluation mode),
+        as ``torch.nn.Module.train``; returns the model."""
+        for layer in self.layers:
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: :class:`~jitprop.Dropout` is the identity."""
+        return self.train(False)
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """Context in which the model is in evaluation mode; each layer's mode
+        is restored afterwards."""
+        modes = [layer.training for layer in self.layers]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for layer, mode in zip(self.layers, modes):
+                layer.training = mode
+
     # -- computation ----------------------------------------------------------------
     def forward(self, x):
         """Training forward pass.
@@ -177,7 +208,8 @@ class Sequential:
         return dy
 
     def predict(self, x, batch_size=1024):
-        """Inference on any number of rows, in chunks of ``batch_size``.
+        """Inference on any number of rows, in chunks of ``batch_size``, in
+        evaluation mode (dropout off).
 
         Parameters
         ----------
@@ -193,11 +225,12 @@ class Sequential:
             raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")
         n = x.shape[0]
         out = None
-        for s in range(0, n, batch_size):
-            y = self.forward(x[s:s + batch_size])
-            if out is None:
-                out = np.empty((n,) + y.shape[1:], dtype=self.dtype)
-            out[s:s + y.shape[0]] = y
+        with self.eval_mode():
+            for s in range(0, n, batch_size):
+                y = self.forward(x[s:s + batch_size])
+                if out is None:
+                    out = np.empty((n,) + y.shape[1:], dtype=self.dtype)
+                out[s:s + y.shape[0]] = y
         if out is None:
             raise ValueError("x has no rows")
         return out

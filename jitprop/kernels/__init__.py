@@ -10,7 +10,7 @@ code, where these Python-level checks cannot run.
 
 import numpy as np
 
-from .._checks import check_array, check_float, check_int, check_labels, no_overlap
+from .._checks import check_array, check_betas, check_dropout_p, check_float, check_int, check_labels, no_overlap
 from . import raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
 from ._lstm_shapes import lstm_workspace_shapes
@@ -36,6 +36,8 @@ __all__ = [
     "mse_loss",
     "softmax_cross_entropy",
     "sgd_step",
+    "adam_step",
+    "dropout_apply",
     "clip_grad_norm",
     "clip_grad_norm_list",
     "lstm_forward",
@@ -276,6 +278,81 @@ def sgd_step(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         raise ValueError("nesterov=True requires momentum > 0")
     raw.sgd_step(p, g, v, lr, momentum, weight_decay, bool(nesterov))
     return p
+
+
+def adam_step(p, g, m, v, vmax, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+              amsgrad=False, decoupled=False):
+    """In-place Adam (or, with ``decoupled=True``, AdamW) update with the
+    arithmetic of ``torch.optim.Adam`` / ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64, updated
+    g : ndarray (n,), same dtype, read
+    m, v : ndarray (n,), same dtype, first and second moments (zeros before step 1), updated
+    vmax : ndarray (n,), same dtype, running maximum of ``v`` (zeros before step 1), updated;
+        with ``amsgrad=False`` any 1-D array of the dtype (not read), e.g. ``np.zeros(0)``
+    step : int >= 1, the number of this step (1 for the first)
+    lr, eps, weight_decay : float >= 0
+    beta1, beta2 : float in [0, 1)
+    amsgrad, decoupled : bool
+
+    Returns
+    -------
+    p
+    """
+    check_array("p", p, ndim=1, writable=True)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        check_array(name, a, dtype=p.dtype, shape=p.shape, writable=name != "g")
+    amsgrad = _check_bool("amsgrad", amsgrad)
+    decoupled = _check_bool("decoupled", decoupled)
+    check_array("vmax", vmax, dtype=p.dtype, ndim=1, shape=p.shape if amsgrad else None, writable=amsgrad)
+    no_overlap(p=p, g=g, m=m, v=v)
+    if amsgrad:
+        no_overlap(vmax=vmax, p=p, g=g, m=m, v=v)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    lr = check_float("lr", lr, minimum=0.0)
+    beta1, beta2 = check_betas((beta1, beta2))
+    eps = check_float("eps", eps, minimum=0.0)
+    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
+    raw.adam_step(p, g, m, v, vmax, int(step), lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled)
+    return p
+
+
+def dropout_apply(x, out, p, seed, step):
+    """Inverted dropout with a counter-based mask: ``out = x / (1 - p)`` on
+    kept elements, 0 on dropped ones; the same (``p``, ``seed``, ``step``)
+    give the same mask, so the backward pass is ``dropout_apply(dy, dx, p,
+    seed, step)``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, C-contiguous
+    out : ndarray, same shape and dtype, written (may be ``x`` itself)
+    p : float in [0, 1)
+    seed, step : int in [0, 2**63)
+
+    Returns
+    -------
+    out
+    """
+    check_array("x", x)
+    check_array("out", out, dtype=x.dtype, shape=x.shape, writable=True)
+    if out is not x and np.shares_memory(out, x):
+        raise ValueError("out must be x itself or not overlap it")
+    p = check_dropout_p(p)
+    for name, v in (("seed", seed), ("step", step)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2 ** 63:
+            raise ValueError(f"{name} must be an integer in [0, 2**63), got {v!r}")
+    raw.dropout_apply(x, out, p, int(seed), int(step))
+    return out
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def clip_grad_norm(g, max_norm):

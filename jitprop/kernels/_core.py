@@ -867,6 +867,9 @@ def segment_norms(flat, offsets, out):
 #: Loss codes of :func:`mlp_train_steps`.
 LOSS_MSE = 0
 LOSS_XENT = 1
+#: Optimiser codes of :func:`mlp_train_steps`.
+OPT_SGD = 0
+OPT_ADAM = 1
 
 
 @njit(**_jit)
@@ -1008,16 +1011,17 @@ def _clip_and_check(grads, value, check, clip_norm):
 @njit(**_pjit)
 def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, gx, velocity, ws,
                     stride, hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, lr, momentum,
-                    weight_decay, nesterov, clip_norm, check, losses):
-    """Run SGD steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
+                    weight_decay, nesterov, clip_norm, check, losses, opt_kind, exp_avg, exp_avg_sq,
+                    max_exp_avg_sq, adam_steps, beta1, beta2, eps, amsgrad, decoupled):
+    """Run SGD or Adam steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
 
     Step ``k`` trains on rows ``order[k*bs : (k+1)*bs]`` of ``X`` (the last
     batch may be shorter).  Each batch is cut into ``gx.shape[0] + 1`` parts
     of ``ceil(m / parts)`` consecutive rows, and the parts run forward,
     loss and backward at the same time (a ``prange`` over parts, each with
     its own workspace and gradient vector; BLAS must run on one thread while
-    they do).  Their gradients are then added in part order and SGD updates
-    the parameters, both in parallel over chunks of the parameter vector.
+    they do).  Their gradients are then added in part order and the optimiser
+    updates the parameters, both in parallel over chunks of the parameter vector.
     The number of parts, not the number of threads, fixes the arithmetic, so
     the results are the same for any thread count; with one part they are
     bitwise those of :meth:`jitprop.Trainer.fit` layer by layer in Python.
@@ -1048,6 +1052,12 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
     check : bool
         Stop before applying a step whose loss or gradients are not finite.
     losses : ndarray (>= step1 - step0,), float64, written: each step's loss
+    opt_kind : int, ``OPT_SGD`` or ``OPT_ADAM``
+        SGD uses ``velocity``, ``momentum``, ``nesterov``; Adam (the update of
+        :func:`adam_step`) uses ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``
+        (as there), ``adam_steps`` (steps taken before ``step0``), ``beta1``,
+        ``beta2``, ``eps``, ``amsgrad``, ``decoupled``.  Both use ``lr`` and
+        ``weight_decay``; the other optimiser's arrays may have size 0.
 
     Returns
     -------
@@ -1063,6 +1073,7 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
     lr_, mom, wd = dt(lr), dt(momentum), dt(weight_decay)
     nch = (P + _CHUNK - 1) // _CHUNK
     par_update = P >= PAR_MIN
+    adam = opt_kind == OPT_ADAM
     for k in range(step0, step1):
         s = k * bs
         m = min(bs, N - s)
@@ -1098,14 +1109,210 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
             active = 1
         if not _clip_and_check(grads, value, check, clip_norm):
             return k - step0
+        # Adam's scalars of this step (unused, and harmless, for SGD)
+        a_ss, a_bc2, a_w1, a_b2, a_omb2, a_eps, a_wd, a_decay = _adam_consts(
+            params, adam_steps + (k - step0) + 1, lr, beta1, beta2, eps, weight_decay)
         # add the parts' gradients (if not done yet) and update, chunk by chunk
         if par_update:
             for c in prange(nch):
                 c0 = c * _CHUNK
                 c1 = min(c0 + _CHUNK, P)
                 _add_parts_range(grads, gx, active, c0, c1)
-                _sgd_range(params, grads, velocity, c0, c1, lr_, mom, wd, nesterov)
+                if adam:
+                    _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, c0, c1, a_ss, a_bc2, a_w1,
+                                a_b2, a_omb2, a_eps, a_wd, a_decay, decoupled, amsgrad)
+                else:
+                    _sgd_range(params, grads, velocity, c0, c1, lr_, mom, wd, nesterov)
         else:
             _add_parts_range(grads, gx, active, 0, P)
-            _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
+            if adam:
+                _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, 0, P, a_ss, a_bc2, a_w1,
+                            a_b2, a_omb2, a_eps, a_wd, a_decay, decoupled, amsgrad)
+            else:
+                _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
     return step1 - step0
+
+
+# --------------------------------------------------------------------------
+# Adam and AdamW (appended; see jitprop.optim.Adam)
+# --------------------------------------------------------------------------
+@njit(**_jit)
+def adam_scalars(step, lr, beta1, beta2):
+    """``(step_size, sqrt(bias_correction2))`` of Adam step ``step`` (1-based),
+    in float64 with the formulas of ``torch.optim.Adam``:
+    ``step_size = lr / (1 - beta1**step)``, ``(1 - beta2**step) ** 0.5``."""
+    t = np.float64(step)  # a float exponent: pow(), as Python computes beta**step
+    bc1 = 1.0 - np.float64(beta1) ** t
+    bc2 = 1.0 - np.float64(beta2) ** t
+    return np.float64(lr) / bc1, bc2 ** 0.5
+
+
+@njit(**_jit)
+def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, omb2, eps, wd, decay,
+                decoupled, amsgrad):
+    # views from the block start: indices from 0 let the loops vectorise
+    p, g, m, v = p[start:stop], g[start:stop], m[start:stop], v[start:stop]
+    n = stop - start
+    one = p.dtype.type(1)
+    half = p.dtype.type(0.5)
+    zero = p.dtype.type(0)
+    small = w1 < half  # torch's lerp: start + w (end - start), else end - (end - start)(1 - w)
+    w1m = w1 - one
+    if amsgrad:
+        vmax = vmax[start:stop]
+    for i in range(n):
+        pi = p[i]
+        gi = g[i]
+        if wd != zero:
+            if decoupled:
+                pi = pi * decay
+            else:
+                gi = gi + wd * pi
+        mi = m[i]
+        if small:
+            mi = mi + w1 * (gi - mi)
+        else:
+            mi = gi + w1m * (gi - mi)
+        m[i] = mi
+        vi = v[i] * beta2 + omb2 * gi * gi
+        v[i] = vi
+        if amsgrad:
+            vi = max(vmax[i], vi)
+            vmax[i] = vi
+        p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+
+
+@njit(**_jit)
+def _adam_consts(p, step, lr, beta1, beta2, eps, weight_decay):
+    # the scalars of one step, formed in float64 as torch does, then in p's dtype
+    dt = p.dtype.type
+    ss, bs2 = adam_scalars(step, lr, beta1, beta2)
+    return (dt(ss), dt(bs2), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2), dt(eps), dt(weight_decay),
+            dt(1.0 - lr * weight_decay))
+
+
+@njit(**_jit)
+def adam_step_serial(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled):
+    """:func:`adam_step` without a parallel loop (the same arithmetic; what
+    that kernel runs below ``PAR_MIN`` parameters)."""
+    step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay = _adam_consts(p, step, lr, beta1, beta2, eps,
+                                                                       weight_decay)
+    _adam_range(p, g, m, v, vmax, 0, p.size, step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay,
+                decoupled, amsgrad)
+
+
+@njit(**_pjit)
+def adam_step(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled):
+    """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) update in
+    place, with the arithmetic of ``torch.optim.Adam`` / ``AdamW``
+    (single-tensor path)::
+
+        p *= 1 - lr * weight_decay            (AdamW)
+        g  = grad + weight_decay * p          (Adam)
+        m  = lerp(m, g, 1 - beta1)
+        v  = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v)                   (amsgrad; then v := vmax)
+        p -= step_size * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    with ``step_size = lr / (1 - beta1**step)``.
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64 (updated)
+    g : ndarray (n,), same dtype (read, not modified)
+    m, v : ndarray (n,), same dtype, first and second moments (zero before step 1; updated)
+    vmax : ndarray (n,) when amsgrad (updated), else any 1-D array of the dtype (unused)
+    step : int, the number of this step, 1 for the first
+    lr, beta1, beta2, eps, weight_decay : float
+        Scalars derived from them are formed in float64, then cast to the dtype of ``p``.
+    amsgrad, decoupled : bool
+    """
+    step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay = _adam_consts(p, step, lr, beta1, beta2, eps,
+                                                                       weight_decay)
+    n = p.size
+    if n < PAR_MIN:
+        _adam_range(p, g, m, v, vmax, 0, n, step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay,
+                    decoupled, amsgrad)
+    else:
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _adam_range(p, g, m, v, vmax, s, min(s + _CHUNK, n), step_size, bc2_sqrt, w1, b2, omb2, eps_,
+                        wd, decay, decoupled, amsgrad)
+
+
+# --------------------------------------------------------------------------
+# dropout with a counter-based mask (appended; see jitprop.Dropout)
+# --------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _mix64(z):
+    # splitmix64's finaliser: a bijection of uint64 with full avalanche
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**_jit)
+def dropout_key(seed, step):
+    """The 64-bit key of the mask of call ``step`` of a dropout layer seeded
+    ``seed`` (both non-negative integers below 2**63)."""
+    return _mix64(_mix64(np.uint64(seed) ^ np.uint64(0x5851F42D4C957F2D)) + np.uint64(step))
+
+
+@njit(**_jit)
+def _dropout_range(x, out, key, threshold, scale, start, stop):
+    # element i is kept iff the top 53 bits of mix64(key + (i + 1) * golden)
+    # are >= threshold: a function of (seed, step, i) alone
+    x, out = x[start:stop], out[start:stop]
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    zero = x.dtype.type(0)
+    base = key + np.uint64(start) * golden
+    for i in range(stop - start):
+        h = _mix64(base + np.uint64(i + 1) * golden) >> np.uint64(11)
+        out[i] = x[i] * scale if h >= threshold else zero
+
+
+@njit(**_jit)
+def _dropout_consts(x, p, seed, step):
+    key = dropout_key(seed, step)
+    th = np.uint64(np.rint(np.float64(p) * 9007199254740992.0))  # p * 2**53, exact
+    return key, th, x.dtype.type(1.0 / (1.0 - np.float64(p)))
+
+
+@njit(**_jit)
+def dropout_apply_serial(x, out, p, seed, step):
+    """:func:`dropout_apply` without a parallel loop (the same mask and
+    arithmetic; what that kernel runs below ``PAR_MIN`` elements)."""
+    key, th, sc = _dropout_consts(x, p, seed, step)
+    _dropout_range(x.reshape(x.size), out.reshape(out.size), key, th, sc, 0, x.size)
+
+
+@njit(**_pjit)
+def dropout_apply(x, out, p, seed, step):
+    """Inverted dropout: ``out = x / (1 - p)`` where the mask keeps an
+    element, else 0, for C-contiguous ``x``/``out`` of one shape and dtype
+    (``out`` may be ``x``).  The forward pass applies it to the input; the
+    backward pass applies it, with the same ``seed`` and ``step``, to the
+    output gradient.
+
+    Element ``i`` (flat index) is kept iff the top 53 bits of
+    ``mix64(dropout_key(seed, step) + (i + 1) * 0x9E3779B97F4A7C15)`` are at
+    least ``round(p * 2**53)``: a function of (seed, step, i) alone, so the
+    mask never depends on the thread count or the dtype, and nothing is stored.
+
+    Parameters
+    ----------
+    x, out : ndarray, float32 or float64
+    p : float in [0, 1), the drop probability
+    seed, step : int in [0, 2**63)
+        The layer's seed and the number of its call (one mask per call).
+    """
+    key, th, sc = _dropout_consts(x, p, seed, step)
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    n = xf.size
+    if n < PAR_MIN:
+        _dropout_range(xf, of, key, th, sc, 0, n)
+    else:
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _dropout_range(xf, of, key, th, sc, s, min(s + _CHUNK, n))
