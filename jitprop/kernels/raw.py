@@ -37,3 +37,10 @@ from ._core import (  # noqa: F401
     tanh_backward,
     tanh_forward,
 )
+from ._gru import (  # noqa: F401
+    gru_backward,
+    gru_cell_backward,
+    gru_cell_forward,
+    gru_forward,
+    gru_workspace_shapes,
+)
