@@ -29,6 +29,7 @@ from .checkpoint import CheckpointError, load
 from .gradcheck import gradcheck, numerical_gradient, relative_error
 from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
+from .gru import GRU
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activation", "Dense", "Layer", "ReLU", "Sigmoid", "Tanh", "LSTM",
+    "GRU",
     "Loss", "MSELoss", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Trainer", "Progress",
     "gradcheck", "numerical_gradient", "relative_error",
