@@ -22,25 +22,24 @@ imported only when a :class:`DistributedTrainer` is built, so importing this
 module never needs it.  See ``docs/distributed.md`` for launching on one or
 several machines and for measured throughput.
 
-Running this module benchmarks the data-parallel trainer
-(``mpiexec -n 2 python -m jitprop.distributed --workloads mlp-mid,lstm-mid``).
+The benchmark of the data-parallel trainer is :mod:`jitprop.bench.distributed`
+(``mpiexec -n 2 python -m jitprop.bench.distributed --workloads mlp-mid,lstm-mid``;
+``python -m jitprop.distributed`` runs it too).
 """
 
 import hashlib
-import math
 import os
 import time
 import warnings
 
 import numpy as np
 
-from . import checkpoint as _checkpoint
 from .trainer import Trainer
 
 __all__ = ["DistributedTrainer", "load", "shard_bounds", "local_ranks", "threads_per_rank"]
 
 
-def _import_mpi():
+def import_mpi():
     try:
         from mpi4py import MPI
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -64,7 +63,7 @@ def shard_bounds(m, size, rank):
 def local_ranks(comm=None):
     """Number of ranks of ``comm`` (default ``COMM_WORLD``) on this machine
     (collective)."""
-    MPI = _import_mpi()
+    MPI = import_mpi()
     comm = MPI.COMM_WORLD if comm is None else comm
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
@@ -166,7 +165,7 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, model, loss, optimizer, comm=None):
         super().__init__(model, loss, optimizer)
-        MPI = _import_mpi()
+        MPI = import_mpi()
         self._MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
@@ -294,103 +293,13 @@ class DistributedTrainer(Trainer):
 
 def load(path, comm=None):
     """Rebuild a :class:`DistributedTrainer` from a checkpoint, for
-    ``fit(..., resume=True)``.  Collective: every rank calls it with the same
-    file (written by rank 0 of an earlier run)."""
-    t = _checkpoint.load(path)
-    dt = DistributedTrainer(t.model, t.loss, t.optimizer, comm=comm)
-    dt.history = t.history
-    dt._resume_state = t._resume_state
-    return dt
+    ``fit(..., resume=True)`` (``DistributedTrainer.load(path, comm=comm)``).
+    Collective: every rank calls it with the same file (written by rank 0 of an
+    earlier run)."""
+    return DistributedTrainer.load(path, comm=comm)
 
 
-# --------------------------------------------------------------------------- #
-# Benchmark: mpiexec -n N python -m jitprop.distributed [--workloads ...]
-# --------------------------------------------------------------------------- #
-def _bench(argv=None):
-    import argparse
-    import json
+if __name__ == "__main__":  # the benchmark's old command line (run by name: no import back up)
+    import runpy
 
-    import jitprop as jp
-    from .bench import WORKLOADS
-
-    p = argparse.ArgumentParser(description="samples/s of DistributedTrainer.fit on the bench workloads")
-    p.add_argument("--workloads", default="mlp-mid,lstm-mid")
-    p.add_argument("--seconds", type=float, default=6.0, help="approximate timed seconds per workload")
-    p.add_argument("--batches", type=int, default=16, help="global batches per epoch")
-    p.add_argument("--json", action="store_true", help="print one JSON line per workload")
-    p.add_argument("--plain", action="store_true",
-                   help="time the single-process Trainer instead (1 rank; its compiled multi-step path for MLPs)")
-    args = p.parse_args(argv)
-    MPI = _import_mpi()
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    f32 = np.float32
-    for name in args.workloads.split(","):
-        spec = WORKLOADS[name]
-        rng = np.random.default_rng(20240611)
-        gb = spec["batch"]
-        n = gb * args.batches
-        if spec["kind"] == "mlp":
-            sizes = spec["sizes"]
-            layers = []
-            for j in range(len(sizes) - 1):
-                layers.append(jp.Dense(sizes[j], sizes[j + 1], dtype=f32, seed=j))
-                if j < len(sizes) - 2:
-                    layers.append(jp.ReLU())
-            X = rng.standard_normal((n, sizes[0]), dtype=f32)
-            Y = rng.integers(0, sizes[-1], size=n)
-            loss = jp.SoftmaxCrossEntropy()
-        else:
-            layers = [jp.LSTM(spec["n_in"], spec["hidden"], return_sequences=True, dtype=f32, seed=0),
-                      jp.Dense(spec["hidden"], spec["n_out"], dtype=f32, seed=1)]
-            X = rng.standard_normal((n, spec["T"], spec["n_in"]), dtype=f32)
-            Y = (0.5 * rng.standard_normal((n, spec["T"], spec["n_out"]), dtype=f32)).astype(f32)
-            loss = jp.MSELoss()
-        model = jp.Sequential(layers)
-        if args.plain:
-            if size != 1:
-                raise SystemExit("--plain runs one process: start it without mpiexec")
-            tr = Trainer(model, loss, jp.SGD(model, lr=spec["lr"]))
-            tr.comm_steps, tr.comm_seconds, tr._msg = 0, 0.0, [np.zeros(model.n_params + 2, f32), MPI.FLOAT]
-            tr.reset_comm_stats = lambda: None
-        else:
-            tr = DistributedTrainer(model, loss, jp.SGD(model, lr=spec["lr"]), comm=comm)
-        common = dict(batch_size=gb, progress=False, on_nonfinite="ignore", shuffle=True)
-        tr.fit(X, Y, epochs=1, seed=0, **common)  # compile / load the cache, warm up
-        h = tr.fit(X, Y, epochs=1, seed=1, **common)
-        epochs = max(2, int(math.ceil(args.seconds / max(h["time"][0], 1e-3))))
-        epochs = comm.bcast(epochs, root=0)
-        tr.reset_comm_stats()
-        cpu0 = time.process_time()
-        h = tr.fit(X, Y, epochs=epochs, seed=2, **common)
-        cpu = time.process_time() - cpu0
-        steps = epochs * args.batches
-        wall = sum(h["time"])
-        comm_ms = 1e3 * tr.comm_seconds / max(steps, 1)
-        # the message alone: all ranks in step, then time Allreduces of the same buffer
-        reps = 200
-        comm.Barrier()
-        t = time.perf_counter()
-        for _ in range(reps):
-            comm.Allreduce(MPI.IN_PLACE, tr._msg, op=MPI.SUM)
-        pure_ms = 1e3 * (time.perf_counter() - t) / reps
-        stats = comm.gather((comm_ms, pure_ms, cpu / wall), root=0)
-        if rank == 0:
-            row = dict(workload=name, trainer="Trainer" if args.plain else "DistributedTrainer", ranks=size, global_batch=gb, n_params=model.n_params,
-                       samples_per_s=n * epochs / wall, best_epoch_samples_per_s=max(h["samples_per_s"]),
-                       step_ms=1e3 * wall / steps, allreduce_ms_per_step=[round(s[0], 3) for s in stats],
-                       allreduce_alone_ms=[round(s[1], 3) for s in stats],
-                       cpu_per_wall=[round(s[2], 2) for s in stats],
-                       message_bytes=tr._msg[0].nbytes, epochs=epochs,
-                       loadavg=os.getloadavg()[0], numba_threads=jp.get_num_threads())
-            if args.json:
-                print(json.dumps(row), flush=True)
-            else:
-                print(f"{name:9s} {row['trainer']:18s} ranks={size} {row['samples_per_s']:10,.0f} samples/s  "
-                      f"step {row['step_ms']:.2f} ms  allreduce/step {row['allreduce_ms_per_step']} ms  "
-                      f"allreduce alone {row['allreduce_alone_ms']} ms  ({row['message_bytes'] / 1e6:.2f} MB)  "
-                      f"cpu/wall {row['cpu_per_wall']}  load {row['loadavg']:.2f}", flush=True)
-
-
-if __name__ == "__main__":
-    _bench()
+    runpy.run_module("jitprop.bench.distributed", run_name="__main__", alter_sys=True)

@@ -13,9 +13,13 @@ keep them.
 import numpy as np
 
 from ._checks import as_float_dtype, check_int
+from ._registry import Registry
 from .kernels import raw as K
 
-__all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh"]
+__all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh", "LAYERS"]
+
+#: Layer types a checkpoint can name (``@LAYERS.register`` adds one).
+LAYERS = Registry("layer")
 
 
 class Layer:
@@ -44,7 +48,7 @@ class Layer:
         """Ordered dict of parameter name -> shape."""
         return {k: v.shape for k, v in self.params.items()}
 
-    def _bind(self, params, grads):
+    def bind(self, params, grads):
         """Replace parameter and gradient arrays by the given views (used by
         :class:`~jitprop.Sequential` to pack everything into flat buffers)."""
         for k in self.params:
@@ -123,6 +127,7 @@ def _check_input(layer, x, last):
         raise ValueError(f"{type(layer).__name__}: input must be C-contiguous")
 
 
+@LAYERS.register
 class Dense(Layer):
     """Fully connected layer ``y = x @ W + b``.
 
@@ -196,6 +201,11 @@ class Dense(Layer):
         K.dense_backward(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
         return dx.reshape(self._lead + (self.n_in,))
 
+    def fuse_activation(self, code):
+        """Apply activation ``code`` (``jitprop.kernels.ACT_*``) in the forward
+        kernel; ``ACT_IDENTITY`` undoes it.  Set by :class:`~jitprop.Sequential`."""
+        self._act = code
+
     def get_config(self):
         return {"n_in": self.n_in, "n_out": self.n_out, "dtype": self.dtype.name}
 
@@ -231,6 +241,12 @@ class Activation(Layer):
         self._a = a
         return a
 
+    def set_fused(self, fused):
+        """Whether the preceding Dense applies this activation in its kernel
+        (then ``forward`` passes its input through).  Set by
+        :class:`~jitprop.Sequential`."""
+        self._fused = bool(fused)
+
     def backward(self, dy, need_dx=True):
         a = self._a
         if a is None:
@@ -246,18 +262,21 @@ class Activation(Layer):
         return dz
 
 
+@LAYERS.register
 class ReLU(Activation):
     """``max(x, 0)``; derivative 0 at 0 (as PyTorch)."""
 
     code = K.ACT_RELU
 
 
+@LAYERS.register
 class Sigmoid(Activation):
     """``1 / (1 + exp(-x))``; derivative ``a (1 - a)`` from the output."""
 
     code = K.ACT_SIGMOID
 
 
+@LAYERS.register
 class Tanh(Activation):
     """``tanh(x)``; derivative ``1 - a**2`` from the output."""
 

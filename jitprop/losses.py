@@ -2,9 +2,13 @@
 
 import numpy as np
 
+from ._registry import Registry
 from .kernels import raw as K
 
-__all__ = ["Loss", "MSELoss", "SoftmaxCrossEntropy"]
+__all__ = ["Loss", "MSELoss", "SoftmaxCrossEntropy", "LOSSES"]
+
+#: Loss types a checkpoint can name (``@LOSSES.register`` adds one).
+LOSSES = Registry("loss")
 
 
 class Loss:
@@ -46,6 +50,7 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
+@LOSSES.register
 class MSELoss(Loss):
     """Mean squared error over all elements: ``mean((pred - target)**2)``.
 
@@ -69,6 +74,7 @@ class MSELoss(Loss):
         return value
 
 
+@LOSSES.register
 class SoftmaxCrossEntropy(Loss):
     """Softmax followed by cross-entropy with integer labels, mean over the batch.
 

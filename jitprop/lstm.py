@@ -5,7 +5,7 @@ import numpy as np
 from ._checks import as_float_dtype, check_int
 from ._threads import batch_parts, single_thread_blas
 from .kernels import _lstm as KL
-from .layers import Layer
+from .layers import LAYERS, Layer
 
 __all__ = ["LSTM"]
 
@@ -14,6 +14,7 @@ __all__ = ["LSTM"]
 MIN_PART_ROWS = 8
 
 
+@LAYERS.register
 class LSTM(Layer):
     """Long short-term memory layer over whole sequences.
 

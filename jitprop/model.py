@@ -3,6 +3,7 @@
 import numpy as np
 
 from ._checks import as_float_dtype
+from .kernels import ACT_IDENTITY
 from .layers import Activation, Dense, Layer
 
 __all__ = ["Sequential"]
@@ -78,20 +79,31 @@ class Sequential:
                 grads[name] = self.flat_grads[sl].reshape(shape)
                 self.param_slices.append((li, name, sl))
                 off += size
-            layer._bind(params, grads)
+            layer.bind(params, grads)
 
     def _set_fusion(self, on):
         for layer in self.layers:
             if isinstance(layer, Dense):
-                layer._act = 0
+                layer.fuse_activation(ACT_IDENTITY)
             if isinstance(layer, Activation):
-                layer._fused = False
+                layer.set_fused(False)
         if not on:
             return
         for prev, layer in zip(self.layers, self.layers[1:]):
             if isinstance(prev, Dense) and isinstance(layer, Activation):
-                prev._act = layer.code
-                layer._fused = True
+                prev.fuse_activation(layer.code)
+                layer.set_fused(True)
+
+    @property
+    def fuse(self):
+        """Whether a Dense followed by an activation runs as one kernel."""
+        return self._fuse
+
+    @property
+    def layer_outputs(self):
+        """Each layer's output at the last :meth:`forward` (None before it):
+        views of the layers' buffers, for diagnostics."""
+        return self._outputs
 
     @property
     def n_params(self):

@@ -3,11 +3,17 @@
 import numpy as np
 
 from ._checks import check_float
+from ._registry import Registry
 from .kernels import raw as K
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "OPTIMIZERS"]
+
+#: Optimizer types a checkpoint can name (``@OPTIMIZERS.register`` adds one;
+#: the class needs ``state_dict``, ``load_state_dict`` and ``from_state_dict``).
+OPTIMIZERS = Registry("optimizer")
 
 
+@OPTIMIZERS.register
 class SGD:
     """SGD with momentum, weight decay and Nesterov momentum.
 
@@ -91,6 +97,14 @@ class SGD:
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
                 "nesterov": self.nesterov, "clip_norm": self.clip_norm,
                 "velocity": self.velocity.copy(), "steps": self.steps}
+
+    @classmethod
+    def from_state_dict(cls, model, state):
+        """A new optimizer for ``model`` in the state :meth:`state_dict` returned."""
+        opt = cls(model, lr=state["lr"], momentum=state["momentum"], weight_decay=state["weight_decay"],
+                  nesterov=state["nesterov"], clip_norm=state["clip_norm"])
+        opt.load_state_dict(state)
+        return opt
 
     def load_state_dict(self, state):
         """Restore what :meth:`state_dict` returned."""

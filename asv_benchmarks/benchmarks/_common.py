@@ -17,19 +17,41 @@ import jitprop as jp
 #: Thread counts every kernel / workload benchmark is parametrised over.
 THREADS = [1, 2]
 
-#: Training workloads, mirroring ``jitprop.bench.WORKLOADS``.
-WORKLOADS = {
-    "mlp-tiny": dict(kind="mlp", sizes=[1, 1, 1, 1], act="sigmoid", final_act=True,
-                     loss="mse", batch=1),
-    "mlp-small": dict(kind="mlp", sizes=[784, 128, 10], act="relu", final_act=False,
-                      loss="xent", batch=64),
-    "mlp-mid": dict(kind="mlp", sizes=[784, 512, 512, 10], act="relu", final_act=False,
-                    loss="xent", batch=128),
-    "mlp-wide": dict(kind="mlp", sizes=[1024, 2048, 2048, 10], act="relu", final_act=False,
-                     loss="xent", batch=512),
-    "lstm-small": dict(kind="lstm", n_in=16, hidden=64, T=50, n_out=16, loss="mse", batch=16),
-    "lstm-mid": dict(kind="lstm", n_in=64, hidden=256, T=50, n_out=64, loss="mse", batch=64),
-}
+try:  # the one home of the workloads and their builder (jitprop.bench.workloads)
+    from jitprop.bench.workloads import WORKLOADS
+    from jitprop.bench.workloads import build_trainer as _build_trainer
+except ImportError:  # commits that predate it: the same specs and builder, kept here
+    WORKLOADS = {
+        "mlp-tiny": dict(kind="mlp", sizes=[1, 1, 1, 1], act="sigmoid", final_act=True,
+                         loss="mse", batch=1),
+        "mlp-small": dict(kind="mlp", sizes=[784, 128, 10], act="relu", final_act=False,
+                          loss="xent", batch=64),
+        "mlp-mid": dict(kind="mlp", sizes=[784, 512, 512, 10], act="relu", final_act=False,
+                        loss="xent", batch=128),
+        "mlp-wide": dict(kind="mlp", sizes=[1024, 2048, 2048, 10], act="relu", final_act=False,
+                         loss="xent", batch=512),
+        "lstm-small": dict(kind="lstm", n_in=16, hidden=64, T=50, n_out=16, loss="mse", batch=16),
+        "lstm-mid": dict(kind="lstm", n_in=64, hidden=256, T=50, n_out=64, loss="mse", batch=64),
+    }
+    for _spec in WORKLOADS.values():
+        _spec["lr"] = 0.01
+
+    def _build_trainer(spec, dtype):
+        if spec["kind"] == "mlp":
+            act_cls = {"relu": jp.ReLU, "sigmoid": jp.Sigmoid, "tanh": jp.Tanh}[spec["act"]]
+            sizes = spec["sizes"]
+            layers = []
+            for j in range(len(sizes) - 1):
+                layers.append(jp.Dense(sizes[j], sizes[j + 1], dtype=dtype, seed=j))
+                if j < len(sizes) - 2 or spec["final_act"]:
+                    layers.append(act_cls())
+        else:
+            layers = [jp.LSTM(spec["n_in"], spec["hidden"], return_sequences=True, dtype=dtype, seed=0),
+                      jp.Dense(spec["hidden"], spec["n_out"], dtype=dtype, seed=1)]
+        model = jp.Sequential(layers)
+        loss = jp.MSELoss() if spec["loss"] == "mse" else jp.SoftmaxCrossEntropy()
+        return jp.Trainer(model, loss, jp.SGD(model, lr=spec["lr"]))
+
 WORKLOAD_NAMES = list(WORKLOADS)
 
 DATA_SEED = 20240611
@@ -88,23 +110,8 @@ def require_workload(name):
 
 def build_trainer(name, dtype=np.float32):
     """Model, loss, SGD(lr=0.01) and Trainer of a workload (as in jitprop.bench)."""
-    spec = WORKLOADS[name]
     require_workload(name)
-    if spec["kind"] == "mlp":
-        act_cls = {"relu": jp.ReLU, "sigmoid": jp.Sigmoid, "tanh": jp.Tanh}[spec["act"]]
-        sizes = spec["sizes"]
-        layers = []
-        for j in range(len(sizes) - 1):
-            layers.append(jp.Dense(sizes[j], sizes[j + 1], dtype=dtype, seed=j))
-            if j < len(sizes) - 2 or spec["final_act"]:
-                layers.append(act_cls())
-    else:
-        layers = [jp.LSTM(spec["n_in"], spec["hidden"], return_sequences=True, dtype=dtype, seed=0),
-                  jp.Dense(spec["hidden"], spec["n_out"], dtype=dtype, seed=1)]
-    model = jp.Sequential(layers)
-    loss = jp.MSELoss() if spec["loss"] == "mse" else jp.SoftmaxCrossEntropy()
-    opt = jp.SGD(model, lr=0.01)
-    return jp.Trainer(model, loss, opt)
+    return _build_trainer(WORKLOADS[name], dtype)
 
 
 def make_data(name, n_samples, dtype=np.float32):

@@ -33,361 +33,38 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-# --------------------------------------------------------------------------- #
-# Workloads
-# --------------------------------------------------------------------------- #
-WORKLOADS = {
-    "mlp-tiny": dict(kind="mlp", sizes=[1, 1, 1, 1], act="sigmoid", final_act=True,
-                     loss="mse", batch=1, n_batches=64),
-    "mlp-small": dict(kind="mlp", sizes=[784, 128, 10], act="relu", final_act=False,
-                      loss="xent", batch=64, n_batches=32),
-    "mlp-mid": dict(kind="mlp", sizes=[784, 512, 512, 10], act="relu", final_act=False,
-                    loss="xent", batch=128, n_batches=16),
-    "mlp-wide": dict(kind="mlp", sizes=[1024, 2048, 2048, 10], act="relu", final_act=False,
-                     loss="xent", batch=512, n_batches=16),
-    "lstm-small": dict(kind="lstm", n_in=16, hidden=64, T=50, n_out=16,
-                       loss="mse", batch=16, n_batches=16),
-    "lstm-mid": dict(kind="lstm", n_in=64, hidden=256, T=50, n_out=64,
-                     loss="mse", batch=64, n_batches=16),
-}
-for _name, _spec in WORKLOADS.items():
-    _spec["name"] = _name
-    _spec["lr"] = 0.01
+from .worker import GEMM_N, MARK, blas_info
+from .workloads import WORKLOADS, train_step_flops
+
 
 FRAMEWORKS = ("jitprop", "torch", "jax")
 GFLOPS_WORKLOADS = ("mlp-wide",)   # workloads whose training-step GFLOP/s is printed
-DATA_SEED = 20240611
-GEMM_N = 2048
-_MARK = "@@JITPROP_BENCH@@ "
-
-
-def make_data(spec):
-    """Synthetic float32 data for one workload: {"X": [n_batches arrays], "Y": [...]}.
-
-    Deterministic (fixed seed), so every framework's worker builds identical
-    arrays. Each batch is C-contiguous; labels are int64 in [0, 10).
-    """
-    rng = np.random.default_rng(DATA_SEED)
-    nb, b = spec["n_batches"], spec["batch"]
-    if spec["kind"] == "mlp":
-        n_in, n_out = spec["sizes"][0], spec["sizes"][-1]
-        X = rng.standard_normal((nb, b, n_in), dtype=np.float32)
-        if spec["loss"] == "xent":
-            Y = rng.integers(0, n_out, size=(nb, b), dtype=np.int64)
-        else:
-            Y = rng.random((nb, b, n_out), dtype=np.float32)
-    else:
-        X = rng.standard_normal((nb, b, spec["T"], spec["n_in"]), dtype=np.float32)
-        Y = (0.5 * rng.standard_normal((nb, b, spec["T"], spec["n_out"]),
-                                       dtype=np.float32)).astype(np.float32)
-    return {"X": [np.ascontiguousarray(X[k]) for k in range(nb)],
-            "Y": [np.ascontiguousarray(Y[k]) for k in range(nb)]}
-
-
-def train_step_flops(spec):
-    """Matmul FLOPs of one MLP training step (None for non-MLP workloads).
-
-    2*m*n*k per matmul: forward x@W, backward dW and dx for every Dense except
-    dx of the first layer (3 matmuls per layer, 2 for the first).
-    """
-    if spec["kind"] != "mlp":
-        return None
-    b, sizes = spec["batch"], spec["sizes"]
-    total = 0
-    for j in range(len(sizes) - 1):
-        per = 2 * b * sizes[j] * sizes[j + 1]
-        total += per * (2 if j == 0 else 3)
-    return total
-
-
-# --------------------------------------------------------------------------- #
-# jitprop runner (kept in one place so a faster fused path can be swapped in)
-# --------------------------------------------------------------------------- #
-def make_jitprop_step(spec, data, threads):
-    """Build the jitprop model/trainer for ``spec`` through the public API.
-
-    Returns ``(step, sync)`` like the peers in ``_bench_peers``.
-    """
-    import jitprop as jp
-
-    jp.set_num_threads(threads)
-    f32 = np.float32
-    if spec["kind"] == "mlp":
-        act_cls = {"relu": jp.ReLU, "sigmoid": jp.Sigmoid, "tanh": jp.Tanh}[spec["act"]]
-        sizes = spec["sizes"]
-        layers = []
-        for j in range(len(sizes) - 1):
-            layers.append(jp.Dense(sizes[j], sizes[j + 1], dtype=f32, seed=j))
-            if j < len(sizes) - 2 or spec["final_act"]:
-                layers.append(act_cls())
-    elif spec["kind"] == "lstm":
-        layers = [jp.LSTM(spec["n_in"], spec["hidden"], return_sequences=True, dtype=f32, seed=0),
-                  jp.Dense(spec["hidden"], spec["n_out"], dtype=f32, seed=1)]
-    else:
-        raise ValueError("unknown workload kind %r" % spec["kind"])
-    model = jp.Sequential(layers)
-    loss = jp.MSELoss() if spec["loss"] == "mse" else jp.SoftmaxCrossEntropy()
-    opt = jp.SGD(model, lr=spec["lr"])
-    trainer = jp.Trainer(model, loss, opt)
-    train_step = trainer.train_step
-    xs, ys = data["X"], data["Y"]
-    n = len(xs)
-    bs = xs[0].shape[0]
-    X_all = np.concatenate(xs)
-    Y_all = np.concatenate(ys)
-
-    def step(i):
-        k = i % n
-        return train_step(xs[k], ys[k])
-
-    def block(i, count):
-        """Run at least ``count`` steps the way users train: ``Trainer.fit``
-        over the same batches in the same order (no shuffling), whole
-        epochs of ``n`` steps at a time.  Returns (steps run, last loss)."""
-        epochs = max(1, -(-count // n))
-        hist = trainer.fit(X_all, Y_all, epochs=epochs, batch_size=bs, shuffle=False, progress=False,
-                           on_nonfinite="ignore")
-        return epochs * n, hist["loss"][-1]
-
-    step.block = block
-
-    def sync():
-        pass
-
-    return step, sync
-
-
-def _make_step(framework, spec, data, threads):
-    if framework == "jitprop":
-        return make_jitprop_step(spec, data, threads)
-    from . import _bench_peers
-    return _bench_peers.MAKERS[framework](spec, data, threads)
-
-
-# --------------------------------------------------------------------------- #
-# Timing (runs inside a worker)
-# --------------------------------------------------------------------------- #
-def _system_busy_seconds():
-    """Busy CPU seconds of the whole machine so far (from /proc/stat; None if unavailable)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
-    vals = [int(v) for v in fields[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
-    busy = sum(vals[:8]) - idle                           # exclude guest (already in user)
-    return busy / float(os.sysconf("SC_CLK_TCK"))
-
-
-def time_steps(step, sync, seconds, repeats=3):
-    """Time a training loop; see the module docstring for the protocol."""
-    t0 = time.perf_counter()
-    last = step(0)
-    sync()
-    first = time.perf_counter() - t0
-
-    block = getattr(step, "block", None)
-
-    def run(i, count):
-        """Run at least ``count`` steps from step ``i``; returns (steps, last)."""
-        if block is not None:
-            return block(i, count)
-        last = None
-        for j in range(count):
-            last = step(i + j)
-        return count, last
-
-    # warm-up in doubling chunks (sync per chunk, so async runtimes are honest)
-    i, chunk = 1, 1
-    warm_target = max(0.05, 0.25 * seconds)
-    warm_time, warm_steps = 0.0, 0
-    while True:
-        t0 = time.perf_counter()
-        done, last = run(i, chunk)
-        i += done
-        sync()
-        dt = time.perf_counter() - t0
-        warm_time += dt
-        warm_steps += done
-        if warm_time >= warm_target and warm_steps >= 3:
-            break
-        chunk = 2 * done
-    per_step = max(dt / done, 1e-9)
-    n_steps = max(1, int(math.ceil(seconds / per_step)))
-
-    times = []
-    sys0 = _system_busy_seconds()
-    cpu0, w0 = time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        done, last = run(i, n_steps)
-        i += done
-        sync()
-        times.append((time.perf_counter() - t0) * n_steps / done)
-    wall = time.perf_counter() - w0
-    own = time.process_time() - cpu0
-    sys1 = _system_busy_seconds()
-    cpu_per_wall = own / wall
-    # CPU used by other processes on the machine while we were timing, in cores
-    other_load = None if sys0 is None or sys1 is None else max(0.0, (sys1 - sys0 - own) / wall)
-    try:
-        final_loss = float(last)
-    except Exception:
-        final_loss = None
-    return {"first_step_s": first, "steps": n_steps, "times_s": times,
-            "best_s": min(times), "median_s": statistics.median(times),
-            "cpu_per_wall": cpu_per_wall, "other_load": other_load, "final_loss": final_loss,
-            "warmup_steps": warm_steps}
-
-
-def step_products(spec):
-    """The matrix products of one training step of a workload, as
-    ``(label, m, k, n, count, a_transposed, b_transposed)``: ``count`` products
-    ``(m, k) @ (k, n)``, an operand marked transposed being a transposed view
-    (as the kernels pass it to BLAS)."""
-    out = []
-    if spec["kind"] == "mlp":
-        b, sizes = spec["batch"], spec["sizes"]
-        for j in range(len(sizes) - 1):
-            i, o = sizes[j], sizes[j + 1]
-            out.append(("layer %d x@W" % j, b, i, o, 1, False, False))
-            out.append(("layer %d x.T@dy" % j, i, b, o, 1, True, False))
-            if j > 0:
-                out.append(("layer %d dy@W.T" % j, b, o, i, 1, False, True))
-    else:
-        B, T, n_in, H, n_out = spec["batch"], spec["T"], spec["n_in"], spec["hidden"], spec["n_out"]
-        G = 4 * H
-        out += [("lstm x@W_x (all steps)", B * T, n_in, G, 1, False, False),
-                ("lstm h@W_h (per step)", B, H, G, T, False, False),
-                ("lstm dz@W_h.T (per step)", B, G, H, T, False, False),
-                ("lstm x.T@dz", n_in, B * T, G, 1, True, False),
-                ("lstm h.T@dz", H, B * T, G, 1, True, False),
-                ("dense h@W", B * T, H, n_out, 1, False, False),
-                ("dense h.T@dy", H, B * T, n_out, 1, True, False),
-                ("dense dy@W.T", B * T, n_out, H, 1, False, True)]
-    return out
-
-
-def _products_floor(workloads, min_seconds=0.05):
-    """Time every matrix product of each workload's training step alone with
-    numpy's BLAS (in a one-thread worker): the step can run no faster than
-    their sum."""
-    rng = np.random.default_rng(3)
-    res = {}
-    for wl in workloads:
-        spec = WORKLOADS[wl]
-        rows, total, flops = [], 0.0, 0
-        for label, m, k, n, count, ta, tb in step_products(spec):
-            a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
-            b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
-            a, b = (a.T if ta else a), (b.T if tb else b)
-            c = np.empty((m, n), np.float32)
-            np.matmul(a, b, out=c)
-            # about min_seconds per repeat at 50 GFLOP/s plus a microsecond of overhead per call
-            reps = int(min(1e5, max(3, min_seconds / (2 * m * k * n / 5e10 + 1e-6))))
-            best = float("inf")
-            for _ in range(5):
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    np.matmul(a, b, out=c)
-                best = min(best, (time.perf_counter() - t0) / reps)
-            rows.append({"product": label, "m": m, "k": k, "n": n, "count": count,
-                         "seconds": best, "gflops": 2 * m * k * n / best / 1e9})
-            total += count * best
-            flops += count * 2 * m * k * n
-        res[wl] = {"products": rows, "seconds_per_step": total, "gflop_per_step": flops / 1e9,
-                   "max_samples_per_s": spec["batch"] / total}
-    return res
-
-
-def _numpy_gemm(repeats):
-    a = np.random.default_rng(1).standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
-    b = np.random.default_rng(2).standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
-    c = np.dot(a, b)  # warm-up
-    times = []
-    cpu0, w0 = time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.dot(a, b, out=c)
-        times.append(time.perf_counter() - t0)
-    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - w0)
-    flops = 2.0 * GEMM_N ** 3
-    return {"gflops": flops / min(times) / 1e9, "best_s": min(times),
-            "cpu_per_wall": cpu_per_wall}
-
-
-def _blas_info():
-    try:
-        import threadpoolctl
-        import scipy.linalg  # noqa: F401  (load scipy's BLAS too, to report it)
-    except Exception as e:  # pragma: no cover - depends on the environment
-        return "threadpoolctl/scipy unavailable: %s" % e
-    out = []
-    for d in threadpoolctl.threadpool_info():
-        path = d.get("filepath", "")
-        owner = "scipy" if "scipy.libs" in path else "numpy" if "numpy.libs" in path else ""
-        out.append({"owner": owner, "user_api": d.get("user_api"),
-                    "internal_api": d.get("internal_api"), "version": d.get("version"),
-                    "architecture": d.get("architecture"), "num_threads": d.get("num_threads"),
-                    "threading_layer": d.get("threading_layer"), "filepath": path})
-    return out
-
-
-def _worker_main(payload):
-    """Entry point of a measurement subprocess: run one job, print one JSON line."""
-    job = payload["job"]
-    res = {"job": job, "ok": True}
-    try:
-        res["affinity"] = sorted(os.sched_getaffinity(0))
-        if job == "gemm":
-            res.update(_numpy_gemm(payload["gemm_repeats"]))
-            res["blas"] = _blas_info()
-        elif job == "floor":
-            res["floor"] = _products_floor(payload["workloads"])
-        else:
-            spec = WORKLOADS[payload["workload"]]
-            data = make_data(spec)
-            t0 = time.perf_counter()
-            step, sync = _make_step(job, spec, data, payload["threads"])
-            res["setup_s"] = time.perf_counter() - t0
-            res.update(time_steps(step, sync, payload["seconds"], payload["repeats"]))
-    except BaseException as e:  # report, never hang the parent
-        import traceback
-        res["ok"] = False
-        res["error"] = "%s: %s" % (type(e).__name__, e)
-        res["traceback"] = traceback.format_exc()[-3000:]
-    sys.stdout.write(_MARK + json.dumps(res) + "\n")
-    sys.stdout.flush()
 
 
 _BOOT = ("import json, os, sys\n"
          "p = json.loads(sys.argv[1])\n"
          "if p.get('cpus'): os.sched_setaffinity(0, p['cpus'])\n"
-         "from jitprop.bench import _worker_main\n"
-         "_worker_main(p)\n")
+         "from jitprop.bench.worker import main\n"
+         "main(p)\n")
 
 
 # --------------------------------------------------------------------------- #
 # Parent side
 # --------------------------------------------------------------------------- #
-def _worker_env(threads, framework="jitprop"):
+def worker_env(threads, framework="jitprop"):
     env = dict(os.environ)
     if framework != "jitprop":
         # importing jitprop (this module's package) set OpenMP wait defaults
         # for jitprop's threads; a peer must run with its own defaults
-        import jitprop
+        from .. import _openmp
 
-        for var, value in jitprop._OMP_ENV_SET.items():
+        for var, value in _openmp.ENV_SET.items():
             if env.get(var) == value:
                 del env[var]
         env["JITPROP_OMP_DEFAULTS"] = "0"
@@ -400,7 +77,7 @@ def _worker_env(threads, framework="jitprop"):
     if xla:
         env["XLA_FLAGS"] = xla
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -416,13 +93,13 @@ def run_worker(payload, threads, pin, timeout):
     payload = dict(payload, threads=threads, cpus=_cpus_for(threads, pin))
     try:
         proc = subprocess.run([sys.executable, "-c", _BOOT, json.dumps(payload)],
-                              env=_worker_env(threads, payload["job"]), capture_output=True, text=True,
+                              env=worker_env(threads, payload["job"]), capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": "timed out after %.0f s" % timeout}
     for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(_MARK):
-            return json.loads(line[len(_MARK):])
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
     return {"ok": False, "error": "worker exited with code %s without a result; stderr tail: %s"
             % (proc.returncode, proc.stderr[-1500:])}
 
@@ -455,7 +132,7 @@ def _peer_available(name):
 
 
 def collect_metadata(args, peers, missing):
-    from . import _bench_peers
+    from . import peers as _peers
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": _cpu_model(),
@@ -465,8 +142,8 @@ def collect_metadata(args, peers, missing):
         "numpy": np.__version__,
         "numba": _version("numba"),
         "jitprop": getattr(sys.modules.get("jitprop"), "__version__", None) or _version("jitprop"),
-        "torch": _bench_peers.framework_version("torch"),
-        "jax": _bench_peers.framework_version("jax"),
+        "torch": _peers.framework_version("torch"),
+        "jax": _peers.framework_version("jax"),
         "peers_compared": list(peers),
         "peers_missing": list(missing),
         "seconds_per_repeat": args.seconds,
@@ -477,7 +154,7 @@ def collect_metadata(args, peers, missing):
         "pinned_to_cpus": not args.no_pin,
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                 "XLA_FLAGS") if os.environ.get(k)},
-        "blas": _blas_info(),
+        "blas": blas_info(),
         "dtype": "float32",
         "optimizer": "plain SGD, lr=0.01",
     }
@@ -823,6 +500,3 @@ def main(argv=None):
     ok = all(r.get("samples_per_s") or r.get("gflops") for r in results)
     return 0 if ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
