@@ -13,6 +13,7 @@ from .gradcheck import gradcheck, numerical_gradient, relative_error
 from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
 from .gru import GRU
+from .bidirectional import Bidirectional
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activation", "Dense", "Layer", "ReLU", "Sigmoid", "Tanh", "LSTM",
-    "GRU",
+    "GRU", "Bidirectional",
     "Loss", "MSELoss", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Trainer", "Progress",
     "gradcheck", "numerical_gradient", "relative_error",

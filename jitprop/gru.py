@@ -5,7 +5,7 @@ import numpy as np
 from ._checks import as_float_dtype, check_int
 from ._threads import batch_parts, single_thread_blas
 from .kernels import raw as K
-from .layers import Layer
+from .layers import LAYERS, Layer
 
 __all__ = ["GRU"]
 
@@ -14,6 +14,7 @@ __all__ = ["GRU"]
 MIN_PART_ROWS = 8
 
 
+@LAYERS.register
 class GRU(Layer):
     """Gated recurrent unit layer over whole sequences, ``torch.nn.GRU``'s equations::
 
