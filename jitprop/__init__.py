@@ -14,6 +14,7 @@ from .layers import Activation, Dense, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
 from .gru import GRU
 from .bidirectional import Bidirectional
+from .embedding import Embedding
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activation", "Dense", "Layer", "ReLU", "Sigmoid", "Tanh", "LSTM",
-    "GRU", "Bidirectional",
+    "GRU", "Bidirectional", "Embedding",
     "Loss", "MSELoss", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Trainer", "Progress",
     "gradcheck", "numerical_gradient", "relative_error",

@@ -42,6 +42,8 @@ __all__ = [
     "gru_cell_forward",
     "gru_cell_backward",
     "gru_workspace_shapes",
+    "embedding_forward",
+    "embedding_backward",
 ]
 
 _ACTS = (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH)
@@ -449,3 +451,42 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
                           dgates, dgates_h, dh_ws, accum_ws)
     return dh_prev
+
+
+# -- embedding ------------------------------------------------------------------
+
+def _check_embedding(indices, W_or_dW, name, rows, writable):
+    check_array(name, W_or_dW, ndim=2, writable=writable)
+    V = W_or_dW.shape[0]
+    if not isinstance(indices, np.ndarray) or indices.ndim != 1:
+        raise ValueError(f"indices must be a 1-D integer numpy.ndarray, got {getattr(indices, 'shape', indices)}")
+    # every index is checked against [0, V) before anything is written
+    check_labels("indices", indices, indices.shape[0], V)
+    check_array(rows[0], rows[1], dtype=W_or_dW.dtype, shape=(indices.shape[0], W_or_dW.shape[1]),
+                writable=rows[0] == "out")
+
+
+def embedding_forward(indices, W, out):
+    """Row gather ``out[i] = W[indices[i]]``.
+
+    indices (N,) integer in ``[0, V)``, W (V, D) float32/float64, out (N, D)
+    same dtype, written.  Returns ``out``.
+    """
+    _check_embedding(indices, W, "W", ("out", out), False)
+    no_overlap(out=out, W=W)
+    no_overlap(out=out, indices=indices)
+    raw.embedding_forward(indices, W, out)
+    return out
+
+
+def embedding_backward(indices, dy, dW):
+    """``dW = 0; dW[indices[i]] += dy[i]`` (repeated indices add up).
+
+    indices (N,) integer in ``[0, V)``, dy (N, D), dW (V, D) written.  Race-free
+    and independent of the thread count.  Returns ``dW``.
+    """
+    _check_embedding(indices, dW, "dW", ("dy", dy), True)
+    no_overlap(dW=dW, dy=dy)
+    no_overlap(dW=dW, indices=indices)
+    raw.embedding_backward(indices, dy, dW)
+    return dW

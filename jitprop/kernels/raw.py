@@ -44,3 +44,4 @@ from ._gru import (  # noqa: F401
     gru_forward,
     gru_workspace_shapes,
 )
+from ._embedding import embedding_backward, embedding_forward  # noqa: F401
