@@ -19,6 +19,9 @@ from .checkpoint import CheckpointError
 from .gradcheck import gradcheck, numerical_gradient, relative_error
 from .layers import Activation, Dense, Dropout, Layer, ReLU, Sigmoid, Tanh
 from .lstm import LSTM
+from .gru import GRU
+from .bidirectional import Bidirectional
+from .embedding import Embedding
 from .losses import Loss, MSELoss, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activation", "Dense", "Layer", "ReLU", "Sigmoid", "Tanh", "LSTM",
+    "GRU", "Bidirectional", "Embedding",
     "Loss", "MSELoss", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Trainer", "Progress",
     "gradcheck", "numerical_gradient", "relative_error",

@@ -42,6 +42,11 @@ class Layer:
         :meth:`jitprop.Sequential.train` / :meth:`~jitprop.Sequential.eval`.
     """
 
+    #: True for a layer that takes integer input (indices) instead of floats
+    #: of the model's dtype; as a model's first layer it makes the model take
+    #: integer input (see :attr:`jitprop.Sequential.input_dtype`).
+    integer_input = False
+
     def __init__(self):
         self.params = {}
         self.grads = {}

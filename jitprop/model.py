@@ -152,13 +152,31 @@ class Sequential:
             for layer, mode in zip(self.layers, modes):
                 layer.training = mode
 
+    # -- input ----------------------------------------------------------------------
+    @property
+    def input_dtype(self):
+        """dtype of the model's input: int64 indices when the first layer takes
+        integer input (an :class:`~jitprop.Embedding`), else :attr:`dtype`."""
+        return np.dtype(np.int64) if self.layers[0].integer_input else self.dtype
+
+    def as_input(self, x, name="x"):
+        """``x`` as a C-contiguous array of :attr:`input_dtype`; raises
+        TypeError when the model takes indices and ``x`` holds no integers
+        (a float array would be truncated silently)."""
+        x = np.asarray(x)
+        if self.layers[0].integer_input and x.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer indices (the first layer is {self.layers[0]!r}), "
+                            f"got dtype {x.dtype}")
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
     # -- computation ----------------------------------------------------------------
     def forward(self, x):
         """Training forward pass.
 
         Parameters
         ----------
-        x : ndarray (batch, *input_shape), the model's dtype, C-contiguous
+        x : ndarray (batch, *input_shape), the model's dtype (any integer
+            dtype when the model takes indices), C-contiguous
 
         Returns
         -------
@@ -167,10 +185,13 @@ class Sequential:
         """
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-        if x.dtype != self.dtype:
+        integer = self.layers[0].integer_input
+        if integer and x.dtype.kind not in "iu":
+            raise TypeError(f"x must hold integer indices (the first layer is {self.layers[0]!r}), got {x.dtype}")
+        if not integer and x.dtype != self.dtype:
             raise TypeError(f"x must have dtype {self.dtype} (the model's dtype), got {x.dtype}; "
                             f"convert once with x.astype(np.{self.dtype})")
-        if x.ndim < 2 or x.shape[0] == 0:
+        if x.ndim < (1 if integer else 2) or x.shape[0] == 0:
             raise ValueError(f"x must have a non-empty leading batch axis, got shape {x.shape}")
         if not x.flags.c_contiguous:
             raise ValueError("x must be C-contiguous (use numpy.ascontiguousarray)")
@@ -214,14 +235,14 @@ class Sequential:
         Parameters
         ----------
         x : array_like (n, *input_shape)
-            Converted to the model's dtype if needed.
+            Converted to the model's :attr:`input_dtype` if needed.
 
         Returns
         -------
         ndarray (n, *output_shape), a new array.
         """
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim < 2:
+        x = self.as_input(x)
+        if x.ndim < (1 if self.layers[0].integer_input else 2):
             raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")
         n = x.shape[0]
         out = None

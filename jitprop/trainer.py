@@ -300,7 +300,7 @@ class Trainer:
                              f"{y.shape[0] if y.ndim else 'none (a scalar)'}")
         if X.dtype.kind not in "fiub":
             raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
-        X = np.ascontiguousarray(X, dtype=self.model.dtype)
+        X = self.model.as_input(X, name)
         y = _as_targets(self.loss, y, self.model.dtype)
         if self.loss.classification:
             n_classes = _n_outputs(self.model)

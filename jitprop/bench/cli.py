@@ -208,7 +208,7 @@ def format_table(results, frameworks, gemm):
     out.append("  ".join("-" * w for w in widths))
     for cells in lines:
         out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
-    out.append("(samples/s = batch*steps/time, best of repeats; an LSTM sample is one sequence; "
+    out.append("(samples/s = batch*steps/time, best of repeats; a recurrent (LSTM/GRU) sample is one sequence; "
                "own cpu/wall = cores the worker used while timed; other load = cores busy with "
                "other processes meanwhile, where > 0.2 the row is disturbed)")
 

@@ -11,7 +11,7 @@ code, where these Python-level checks cannot run.
 import numpy as np
 
 from .._checks import check_array, check_betas, check_dropout_p, check_float, check_int, check_labels, no_overlap
-from . import raw
+from . import _gru, raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
 from ._lstm_shapes import lstm_workspace_shapes
 
@@ -45,6 +45,13 @@ __all__ = [
     "lstm_cell_forward",
     "lstm_cell_backward",
     "lstm_workspace_shapes",
+    "gru_forward",
+    "gru_backward",
+    "gru_cell_forward",
+    "gru_cell_backward",
+    "gru_workspace_shapes",
+    "embedding_forward",
+    "embedding_backward",
 ]
 
 _ACTS = (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH)
@@ -499,3 +506,179 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
     _check_lstm_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
     raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
                        db, dgates, accum_ws)
+# -- GRU ------------------------------------------------------------------------
+
+gru_workspace_shapes = _gru.gru_workspace_shapes
+
+
+def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), alias=()):
+    """Check the named arrays of a recurrent kernel against ``shapes``
+    (:func:`gru_workspace_shapes`) and that no written array overlaps another
+    argument, except the ``alias`` pairs when they are the same array.
+    ``optional`` names may be None."""
+    for names, writable in ((read, False), (written, True)):
+        for name, a in names.items():
+            if a is None and name in optional:
+                continue
+            check_array(name, a, dtype=dtype, shape=shapes[prefix + name], writable=writable)
+    allowed = {frozenset(p) for p in alias}
+    items = [(n, a) for n, a in list(written.items()) + list(read.items()) if a is not None]
+    for i, (na, a) in enumerate(items):
+        if na not in written:
+            continue
+        for nb, b in items[i + 1:]:
+            if a is b and frozenset((na, nb)) in allowed:
+                continue
+            if np.shares_memory(a, b):
+                raise ValueError(f"{na} and {nb} must not overlap in memory")
+
+
+def _gru_dims(x, W_h, x_ndim):
+    check_array("x" if x_ndim == 3 else "x_t", x, ndim=x_ndim)
+    check_array("W_h", W_h, dtype=x.dtype, ndim=2)
+    H = W_h.shape[0]
+    if H == 0 or W_h.shape[1] != 3 * H:
+        raise ValueError(f"W_h must have shape (H, 3H) with H >= 1, got {W_h.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"x must be non-empty, got shape {x.shape}")
+    return H
+
+
+def _check_parts(parts):
+    return check_int("parts", parts, 1)
+
+
+def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts=1):
+    """GRU forward over a whole sequence (see :func:`jitprop.kernels.raw.gru_forward`).
+
+    Shapes (:func:`gru_workspace_shapes`): x (B, T, n_in), W_x (n_in, 3H),
+    W_h (H, 3H), b_x, b_h (3H,), h0, h_T (B, H), h_seq (B, T, H), gates
+    (B, T, 3H), states (2, B, T, H), step_ws (B, 3H); one float dtype,
+    C-contiguous.  ``h0 is h_T`` is allowed.  With ``parts > 1`` limit BLAS
+    to one thread around the call.  Returns ``(h_seq, h_T)``.
+    """
+    H = _gru_dims(x, W_h, 3)
+    B, T, n_in = x.shape
+    parts = _check_parts(parts)
+    s = gru_workspace_shapes(B, T, n_in, H)
+    _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h, h0=h0),
+                         dict(h_seq=h_seq, h_T=h_T, gates=gates, states=states, step_ws=step_ws),
+                         alias=[("h0", "h_T")])
+    raw.gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts)
+    return h_seq, h_T
+
+
+def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
+                 dgates, dgates_h, step_ws, dh_ws, parts=1, dw_ws=None):
+    """GRU backpropagation through time (see :func:`jitprop.kernels.raw.gru_backward`).
+
+    Shapes as in :func:`gru_forward` plus dh_seq (B, T, H), dh_T, dh0, dh_ws
+    (B, H), dx (B, T, n_in) or None, gradients shaped like their parameters,
+    dgates, dgates_h (B, T, 3H), and with ``parts > 1`` dw_ws
+    (parts - 1, (n_in + H) * 3H).  ``dh_T is dh0`` is allowed.
+    Returns ``(dx, dW_x, dW_h, db_x, db_h, dh0)``.
+    """
+    H = _gru_dims(x, W_h, 3)
+    B, T, n_in = x.shape
+    parts = _check_parts(parts)
+    s = gru_workspace_shapes(B, T, n_in, H, parts)
+    written = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h, dh0=dh0, dgates=dgates,
+                   dgates_h=dgates_h, step_ws=step_ws, dh_ws=dh_ws)
+    optional = ["dx"]
+    if parts > 1 and B > 1:
+        if dw_ws is None:
+            raise ValueError("dw_ws is required when parts > 1 (shape (parts - 1, (n_in + H) * 3H))")
+        written["dw_ws"] = dw_ws
+    _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
+                                          states=states),
+                         written, optional=optional, alias=[("dh_T", "dh0")])
+    raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
+                     dgates, dgates_h, step_ws, dh_ws, parts, written.get("dw_ws"))
+    return dx, dW_x, dW_h, db_x, db_h, dh0
+
+
+def gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws):
+    """One GRU step (see :func:`jitprop.kernels.raw.gru_cell_forward`).
+
+    Shapes: x_t (B, n_in), h_prev, h, hn (B, H), gates, step_ws (B, 3H),
+    parameters as in :func:`gru_forward`.  ``h is h_prev`` is allowed.
+    Returns ``h``.
+    """
+    H = _gru_dims(x_t, W_h, 2)
+    B, n_in = x_t.shape
+    s = gru_workspace_shapes(B, 1, n_in, H)
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev),
+                         dict(h=h, gates=gates, hn=hn, step_ws=step_ws), prefix="cell_",
+                         alias=[("h", "h_prev")])
+    _check_kernel_arrays(s, x_t.dtype, dict(W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h), {})
+    no_overlap(h=h, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h)
+    no_overlap(gates=gates, hn=hn, step_ws=step_ws, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h)
+    raw.gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws)
+    return h
+
+
+def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
+                      dgates, dgates_h, dh_ws, accum_ws=None):
+    """Backward of one GRU step (see :func:`jitprop.kernels.raw.gru_cell_backward`).
+
+    Shapes: as in :func:`gru_cell_forward`, dh, dh_prev, dh_ws (B, H), dx_t
+    (B, n_in) or None, dgates, dgates_h (B, 3H), gradients shaped like their
+    parameters, accum_ws (n_in + H, 3H) or None (None overwrites the
+    gradients, an array selects accumulation).  ``dh_prev is dh`` is allowed.
+    Returns ``dh_prev``.
+    """
+    H = _gru_dims(x_t, W_h, 2)
+    B, n_in = x_t.shape
+    s = gru_workspace_shapes(B, 1, n_in, H)
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, hn=hn, gates=gates, dh=dh),
+                         dict(dx_t=dx_t, dh_prev=dh_prev, dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws,
+                              accum_ws=accum_ws),
+                         prefix="cell_", optional=("dx_t", "accum_ws"), alias=[("dh_prev", "dh")])
+    _check_kernel_arrays(s, x_t.dtype, dict(W_x=W_x, W_h=W_h),
+                         dict(dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h))
+    outs = dict(dx_t=dx_t, dh_prev=dh_prev, dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws)
+    for name, a in outs.items():
+        if a is not None:
+            no_overlap(**{name: a, "dW_x": dW_x, "dW_h": dW_h, "db_x": db_x, "db_h": db_h})
+    raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
+                          dgates, dgates_h, dh_ws, accum_ws)
+    return dh_prev
+
+
+# -- embedding ------------------------------------------------------------------
+
+def _check_embedding(indices, W_or_dW, name, rows, writable):
+    check_array(name, W_or_dW, ndim=2, writable=writable)
+    V = W_or_dW.shape[0]
+    if not isinstance(indices, np.ndarray) or indices.ndim != 1:
+        raise ValueError(f"indices must be a 1-D integer numpy.ndarray, got {getattr(indices, 'shape', indices)}")
+    # every index is checked against [0, V) before anything is written
+    check_labels("indices", indices, indices.shape[0], V)
+    check_array(rows[0], rows[1], dtype=W_or_dW.dtype, shape=(indices.shape[0], W_or_dW.shape[1]),
+                writable=rows[0] == "out")
+
+
+def embedding_forward(indices, W, out):
+    """Row gather ``out[i] = W[indices[i]]``.
+
+    indices (N,) integer in ``[0, V)``, W (V, D) float32/float64, out (N, D)
+    same dtype, written.  Returns ``out``.
+    """
+    _check_embedding(indices, W, "W", ("out", out), False)
+    no_overlap(out=out, W=W)
+    no_overlap(out=out, indices=indices)
+    raw.embedding_forward(indices, W, out)
+    return out
+
+
+def embedding_backward(indices, dy, dW):
+    """``dW = 0; dW[indices[i]] += dy[i]`` (repeated indices add up).
+
+    indices (N,) integer in ``[0, V)``, dy (N, D), dW (V, D) written.  Race-free
+    and independent of the thread count.  Returns ``dW``.
+    """
+    _check_embedding(indices, dW, "dW", ("dy", dy), True)
+    no_overlap(dW=dW, dy=dy)
+    no_overlap(dW=dW, indices=indices)
+    raw.embedding_backward(indices, dy, dW)
+    return dW

@@ -63,3 +63,11 @@ from ._lstm import (  # noqa: F401
     lstm_forward,
 )
 from ._lstm_shapes import lstm_workspace_shapes  # noqa: F401
+from ._gru import (  # noqa: F401
+    gru_backward,
+    gru_cell_backward,
+    gru_cell_forward,
+    gru_forward,
+    gru_workspace_shapes,
+)
+from ._embedding import embedding_backward, embedding_forward  # noqa: F401
