@@ -232,6 +232,16 @@ def format_table(results, frameworks, gemm):
     return "\n".join(out)
 
 
+def _vs_value(argv):
+    """The peers named by ``--vs`` in ``argv`` (a list of names)."""
+    for i, a in enumerate(argv):
+        if a == "--vs" and i + 1 < len(argv):
+            return argv[i + 1].split(",")
+        if a.startswith("--vs="):
+            return a[5:].split(",")
+    return []
+
+
 def _parse_list(s, allowed=None, what="item"):
     items = [x.strip() for x in s.split(",") if x.strip()]
     if allowed is not None:
@@ -248,7 +258,8 @@ def build_parser():
                    help="comma-separated subset of: %s" % ", ".join(WORKLOADS))
     p.add_argument("--threads", default=None,
                    help="comma-separated thread counts (default: 1 and all available CPUs)")
-    p.add_argument("--vs", default="", help="peers to compare against: torch,jax")
+    p.add_argument("--vs", default="", help="peers to compare against: torch,jax; or sklearn "
+                   "(jitprop.sklearn against scikit-learn, see jitprop.bench.vs_sklearn)")
     p.add_argument("--seconds", type=float, default=None,
                    help="timed seconds per repeat (default 2, --quick 0.3)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
@@ -407,6 +418,11 @@ def _results(workloads, threads, frameworks, best_rows, gemm_rows, gemm):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "sklearn" in _vs_value(argv):  # a comparison of its own: jitprop.bench.vs_sklearn
+        from .vs_sklearn import main as vs_sklearn_main
+
+        return vs_sklearn_main(argv)
     args = build_parser().parse_args(argv)
     if args.floor:
         workloads = _parse_list(args.workloads, WORKLOADS, "workload")
