@@ -7,13 +7,7 @@ compiled kernels alone are in :mod:`jitprop.kernels`.
 """
 
 from . import _openmp  # noqa: F401  (first: sets OpenMP defaults before any runtime starts)
-from . import _cache
-
-# before any kernel module is imported: Numba picks a function's cache
-# location when its decorator runs (see jitprop/_cache.py for why not in-tree)
-_cache.install()
-
-from ._cache import cache_dir  # noqa: E402
+from ._cache import cache_dir  # (second: places the kernels' compile cache before any kernel is defined)
 from ._threads import get_num_threads, set_num_threads, threading_layer
 from .checkpoint import CheckpointError
 from .gradcheck import gradcheck, numerical_gradient, relative_error

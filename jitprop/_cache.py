@@ -119,11 +119,15 @@ class JitpropCacheLocator(caching._CacheLocator):
 def install():
     """Put :class:`JitpropCacheLocator` first in Numba's list of locators.
 
-    Must run before any jitprop kernel module is imported: Numba picks a
-    function's locator when the decorator runs.
+    Runs when this module is imported, which ``jitprop/__init__.py`` does
+    before any kernel module: Numba picks a function's locator when its
+    decorator runs.
     """
     # CacheImpl was _CacheImpl before Numba 0.61
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
     classes = impl._locator_classes
     if JitpropCacheLocator not in classes:
         classes.insert(0, JitpropCacheLocator)
+
+
+install()

@@ -19,7 +19,6 @@ first call (Numba compiling, or loading from its cache) is reported as
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time

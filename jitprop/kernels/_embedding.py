@@ -6,7 +6,6 @@ array whose values lie in ``[0, V)`` (checked in Python by the entry points
 in :mod:`jitprop.kernels`, not here).  Nothing is allocated.
 """
 
-import numpy as np
 from numba import njit, prange
 
 __all__ = ["embedding_forward", "embedding_backward"]
