@@ -209,14 +209,16 @@ class Dense(Layer):
         n = x2.shape[0]
         check_output_grad(self, dy, self.dtype, self._lead + (self.n_out,))
         dy2 = dy.reshape(n, self.n_out)
-        if not need_dx:
-            bwd = K.dense_backward_params_serial if dy2.size < K.PAR_MIN else K.dense_backward_params
-            bwd(x2, dy2, self.grads["W"], self.grads["b"])
+        small = dy2.size < K.PAR_MIN
+        if not need_dx and not small:
+            K.dense_backward_params(x2, dy2, self.grads["W"], self.grads["b"])
             return None
+        # a small first layer also computes the dx it does not need (one tiny
+        # product per step) rather than compile a second serial kernel (0.6 s)
         dx = self._buffer("dx", (n, self.n_in), self.dtype)
-        bwd = K.dense_backward_serial if dy2.size < K.PAR_MIN else K.dense_backward
+        bwd = K.dense_backward_serial if small else K.dense_backward
         bwd(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
-        return dx.reshape(self._lead + (self.n_in,))
+        return dx.reshape(self._lead + (self.n_in,)) if need_dx else None
 
     def fuse_activation(self, code):
         """Apply activation ``code`` (``jitprop.kernels.ACT_*``) in the forward
