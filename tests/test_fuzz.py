@@ -53,7 +53,8 @@ KERNELS = ["dense_forward", "dense_act_forward", "dense_backward", "dense_backwa
            "sigmoid_forward", "relu_forward", "tanh_forward", "activation_forward",
            "sigmoid_backward", "relu_backward", "tanh_backward", "activation_backward",
            "mse_loss", "softmax_cross_entropy", "sgd_step", "clip_grad_norm", "clip_grad_norm_list",
-           "lstm_forward", "lstm_backward", "lstm_cell_forward", "lstm_cell_backward"]
+           "lstm_forward", "lstm_backward", "lstm_cell_forward", "lstm_cell_backward",
+           "adam_step", "dropout_apply"]
 
 SENTINEL = 1234.5   # fill of float/complex buffer margins
 INT_SENTINEL = 77   # fill of integer/bool buffer margins
@@ -1055,3 +1056,112 @@ def test_zz_both_outcomes_seen():
         c = PER_KERNEL[name]
         if c["cases"] >= 50:
             assert c["error"] > 0 and c["ok"] > 0, (name, dict(c))
+
+
+# ----------------------------------------------------------------------------- Adam and dropout
+GOOD_BETAS = [0.0, 0.3, 0.9, 0.999, np.float32(0.5), np.float64(0.8)]
+BAD_BETAS = [1.0, 1.5, 2, -0.1, float("nan"), float("inf"), "0.9", None, True, np.array(0.9)]
+GOOD_STEPS = [1, 2, 10, np.int64(3), np.uint8(7), 2 ** 40]
+BAD_STEPS = [0, -1, 1.0, True, None, "1", np.array([1]), 2 ** 63]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_adam_step(data):
+    draw = data.draw
+    c = Case(draw)
+    n = 33000 if draw(BIG) else draw(st.integers(0, 9))
+    dtype = draw(st.sampled_from(FLOATS))
+    amsgrad = draw(st.sampled_from([False, True] * 4 + [None, 1, "yes"]))
+    ams = amsgrad is True
+    specs = [("p", (n,), "inout"), ("g", (n,), "in"), ("m", (n,), "inout"), ("v", (n,), "inout")]
+    if ams:
+        specs.append(("vmax", (n,), "inout"))
+    names = [s[0] for s in specs]
+    c.arrays(specs, dtype, alias_pairs=[(a, b) for i, a in enumerate(names) for b in names[i + 1:]])
+    for name in ("v", "vmax"):  # second moments are >= 0 (a state Adam can reach)
+        a = c.vals.get(name)
+        if isinstance(a, np.ndarray) and a.flags.writeable and a.dtype in FLOATS:
+            a[...] = np.abs(a)
+    vmax = c.vals["vmax"] if ams else draw(st.sampled_from([None, np.zeros(0, dtype), np.zeros(3)]))
+    spoil = draw(st.sampled_from([None] * 20 + ["step", "lr", "beta1", "beta2", "eps", "weight_decay",
+                                                "decoupled"]))
+    step = draw(st.sampled_from(BAD_STEPS if spoil == "step" else GOOD_STEPS))
+    lr, eps, wd = (draw(st.sampled_from(BAD_REALS if spoil == s else [0.0, 1e-3, 0.1, np.float32(0.01), 1]))
+                   for s in ("lr", "eps", "weight_decay"))
+    b1, b2 = (draw(st.sampled_from(BAD_BETAS if spoil == s else GOOD_BETAS)) for s in ("beta1", "beta2"))
+    decoupled = draw(st.sampled_from([None, 0, "no"] if spoil == "decoupled" else [False, True, np.bool_(True)]))
+    expect = c.verdict()
+    beta_ok = all(real_ok(b) and float(b) < 1 for b in (b1, b2))
+    step_ok = isinstance(step, (int, np.integer)) and not isinstance(step, (bool, np.bool_)) and 1 <= step < 2 ** 63
+    if not (real_ok(lr) and real_ok(eps) and real_ok(wd) and beta_ok and step_ok) \
+            or not isinstance(amsgrad, (bool, np.bool_)) or not isinstance(decoupled, (bool, np.bool_)):
+        expect = "err"
+    cp = c.copies()
+    p, m, v = c.vals["p"], c.vals["m"], c.vals["v"]
+
+    def check(result):
+        assert result is p
+        want = ref.adam(cp["p"], cp["g"], cp["m"], cp["v"], cp.get("vmax", np.zeros(0)), int(step), float(lr),
+                        float(b1), float(b2), float(eps), float(wd), ams, bool(decoupled))
+        fin = np.isfinite(cp["p"]) & np.isfinite(cp["g"]) & np.isfinite(cp["m"]) & np.isfinite(cp["v"])
+        if ams:
+            fin &= np.isfinite(cp["vmax"])
+        step_size = float(lr) / (1 - float(b1) ** int(step))
+        bc2 = (1 - float(b2) ** int(step)) ** 0.5
+        vhat = want[3] if ams else want[2]
+        den = np.sqrt(np.abs(vhat)) / bc2 + float(eps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            upd = step_size * (absf(cp["m"]) + absf(cp["g"]) + float(wd) * absf(cp["p"])) / den
+        mag = 1 + absf(cp["p"]) + np.nan_to_num(upd, nan=0.0, posinf=0.0)
+        assert_close(p[fin], want[0][fin], p.dtype, mag[fin], "p")
+        mmag = 1 + absf(cp["m"]) + absf(cp["g"]) + float(wd) * absf(cp["p"])
+        assert_close(m[fin], want[1][fin], p.dtype, mmag[fin], "m")
+        assert_close(v[fin], want[2][fin], p.dtype, (mmag ** 2 + absf(cp["v"]))[fin], "v")
+        if ams:
+            assert_close(c.vals["vmax"][fin], want[3][fin], p.dtype, (mmag ** 2 + absf(cp["vmax"]))[fin], "vmax")
+        elif isinstance(vmax, np.ndarray):
+            assert vmax.tobytes() == np.zeros_like(vmax).tobytes(), "vmax written without amsgrad"
+
+    args = [p, c.vals["g"], m, v, vmax, step, lr, b1, b2, eps, wd, amsgrad, decoupled]
+    run("adam_step", K.adam_step, args, ["p", "g", "m", "v", "vmax", "step", "lr", "beta1", "beta2", "eps",
+                                         "weight_decay", "amsgrad", "decoupled"],
+        c.arena, expect, check, c.outputs())
+
+
+GOOD_P = [0.0, 0.1, 0.5, 0.9, np.float32(0.25), 0]
+BAD_P = [1.0, 1, -0.1, 1.5, float("nan"), float("inf"), "0.1", None, True, np.array(0.5)]
+GOOD_SEEDS = [0, 1, 12345, 2 ** 62, np.int64(5), np.uint32(9)]
+BAD_SEEDS = [-1, 2 ** 63, 1.5, None, True, "1", np.array([1])]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_dropout_apply(data):
+    draw = data.draw
+    c = Case(draw)
+    shape = (33000,) if draw(BIG) else draw(SHAPE)
+    dtype = draw(st.sampled_from(FLOATS))
+    c.arrays([("x", shape, "in"), ("out", shape, "out")], dtype, alias_pairs=[("x", "out")])
+    spoil = draw(st.sampled_from([None] * 6 + ["p", "seed", "step"]))
+    p = draw(st.sampled_from(BAD_P if spoil == "p" else GOOD_P))
+    seed, step = (draw(st.sampled_from(BAD_SEEDS if spoil == s else GOOD_SEEDS)) for s in ("seed", "step"))
+    expect = c.verdict(identity_ok=[("x", "out")])
+    ints_ok = all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and 0 <= k < 2 ** 63
+                  for k in (seed, step))
+    if not (real_ok(p) and float(p) < 1 and ints_ok):
+        expect = "err"
+    cp = c.copies()
+    out = c.vals["out"]
+
+    def check(result):
+        assert result is out
+        x = cp["x"]
+        keep = ref.dropout_mask(x.size, float(p), int(seed), int(step)).reshape(x.shape)
+        dt = x.dtype  # the arrays' dtype (both may differ from the drawn one)
+        scale = dt.type(1.0 / (1.0 - float(p)))
+        want = np.where(keep, x * scale, np.zeros((), dt))  # the product in the dtype: exact match
+        assert out.tobytes() == want.astype(dt).tobytes(), "dropout output differs from the reference"
+
+    run("dropout_apply", K.dropout_apply, [c.vals["x"], out, p, seed, step], ["x", "out", "p", "seed", "step"],
+        c.arena, expect, check, c.outputs())

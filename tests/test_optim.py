@@ -156,7 +156,7 @@ def test_adam_step_checks_arguments():
     z = np.zeros(4)
     with pytest.raises(ValueError, match="step"):
         kernels.adam_step(p, z.copy(), z.copy(), z.copy(), np.zeros(0), 0, 0.1)
-    with pytest.raises(ValueError, match="betas"):
+    with pytest.raises(ValueError, match="beta1"):
         kernels.adam_step(p, z.copy(), z.copy(), z.copy(), np.zeros(0), 1, 0.1, beta1=1.0)
     with pytest.raises(ValueError, match="vmax"):
         kernels.adam_step(p, z.copy(), z.copy(), z.copy(), np.zeros(3), 1, 0.1, amsgrad=True)

@@ -3,8 +3,8 @@
 Each ``make_<framework>_step(spec, data, threads)`` returns ``(step, sync)``:
 
 * ``step(i)`` runs one full float32 training step (forward, loss, backward,
-  plain SGD update with lr = spec["lr"]) on batch ``i % n_batches`` and returns
-  the loss (a framework object; it is not converted to a Python float in the
+  plain SGD update, or Adam for the ``-adam`` workloads, with lr = spec["lr"])
+  on batch ``i % n_batches`` and returns the loss (a framework object; it is not converted to a Python float in the
   timed loop).
 * ``sync()`` blocks until every step issued so far has finished (a no-op for
   eager PyTorch, ``block_until_ready`` on the parameters for JAX).
@@ -79,7 +79,8 @@ def make_torch_step(spec, data, threads):
     else:
         raise ValueError("unknown loss %r" % spec["loss"])
 
-    opt = torch.optim.SGD(model.parameters(), lr=spec["lr"])
+    opt_cls = torch.optim.Adam if spec.get("opt") == "adam" else torch.optim.SGD
+    opt = opt_cls(model.parameters(), lr=spec["lr"])
     xs = [torch.from_numpy(x) for x in data["X"]]
     ys = [torch.from_numpy(y) for y in data["Y"]]
     n = len(xs)
@@ -206,21 +207,35 @@ def make_jax_step(spec, data, threads):
     else:
         raise ValueError("unknown loss %r" % spec["loss"])
 
-    def train_step(p, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        p = jax.tree_util.tree_map(lambda a, g: a - lr * g, p, grads)
-        return p, loss
+    if spec.get("opt") == "adam":
+        import optax  # the Adam workloads compare against optax.adam (ImportError when it is absent)
 
-    train_step = jax.jit(train_step, donate_argnums=(0,))
+        tx = optax.adam(spec["lr"])
+
+        def train_step(p, o, x, y):
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+            updates, o = tx.update(grads, o, p)
+            return optax.apply_updates(p, updates), o, loss
+
+        opt_state = tx.init(params)
+    else:
+        def train_step(p, o, x, y):
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+            p = jax.tree_util.tree_map(lambda a, g: a - lr * g, p, grads)
+            return p, o, loss
+
+        opt_state = ()
+
+    train_step = jax.jit(train_step, donate_argnums=(0, 1))
 
     xs = [jax.device_put(x) for x in data["X"]]
     ys = [jax.device_put(y.astype(np.int32) if y.dtype.kind == "i" else y) for y in data["Y"]]
     n = len(xs)
-    state = {"p": params}
+    state = {"p": params, "o": opt_state}
 
     def step(i):
         k = i % n
-        state["p"], loss = train_step(state["p"], xs[k], ys[k])
+        state["p"], state["o"], loss = train_step(state["p"], state["o"], xs[k], ys[k])
         return loss
 
     def sync():

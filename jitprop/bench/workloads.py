@@ -1,5 +1,5 @@
 """The benchmark workloads: one spec per name and the one builder of their
-model, loss, SGD optimiser and trainer, shared by ``python -m jitprop.bench``,
+model, loss, optimiser (SGD, or Adam for the ``-adam`` variants) and trainer, shared by ``python -m jitprop.bench``,
 the MPI benchmark (``jitprop.bench.distributed``) and the asv suite."""
 
 import numpy as np
@@ -27,6 +27,9 @@ RECURRENT_KINDS = ("lstm", "gru")
 for _name, _spec in WORKLOADS.items():
     _spec["name"] = _name
     _spec["lr"] = 0.01
+# Adam variants (peers: torch.optim.Adam, optax.adam); the others train with plain SGD
+for _name in ("mlp-mid", "lstm-mid"):
+    WORKLOADS[_name + "-adam"] = dict(WORKLOADS[_name], name=_name + "-adam", opt="adam", lr=1e-3)
 
 DATA_SEED = 20240611
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -60,12 +63,14 @@ def build_model(spec, dtype=np.float32):
 
 def build_trainer(spec, dtype=np.float32, trainer_cls=None, **trainer_kw):
     """A ``trainer_cls`` (default :class:`~jitprop.Trainer`) over the workload's
-    model and loss with ``SGD(lr=spec["lr"])``."""
-    from ..optim import SGD
+    model and loss with ``SGD(lr=spec["lr"])``, or ``Adam(lr=spec["lr"])``
+    when ``spec["opt"] == "adam"``."""
+    from ..optim import SGD, Adam
     from ..trainer import Trainer
 
     model, loss = build_model(spec, dtype)
-    return (trainer_cls or Trainer)(model, loss, SGD(model, lr=spec["lr"]), **trainer_kw)
+    opt = (Adam if spec.get("opt") == "adam" else SGD)(model, lr=spec["lr"])
+    return (trainer_cls or Trainer)(model, loss, opt, **trainer_kw)
 
 
 def make_data(spec):

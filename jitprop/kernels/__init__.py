@@ -10,7 +10,7 @@ code, where these Python-level checks cannot run.
 
 import numpy as np
 
-from .._checks import check_array, check_betas, check_dropout_p, check_float, check_int, check_labels, no_overlap
+from .._checks import check_array, check_dropout_p, check_float, check_int, check_labels, no_overlap
 from . import _gru, raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
 from ._lstm_shapes import lstm_workspace_shapes
@@ -298,7 +298,7 @@ def adam_step(p, g, m, v, vmax, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weig
     g : ndarray (n,), same dtype, read
     m, v : ndarray (n,), same dtype, first and second moments (zeros before step 1), updated
     vmax : ndarray (n,), same dtype, running maximum of ``v`` (zeros before step 1), updated;
-        with ``amsgrad=False`` any 1-D array of the dtype (not read), e.g. ``np.zeros(0)``
+        not used (and may be None) when ``amsgrad`` is False
     step : int >= 1, the number of this step (1 for the first)
     lr, eps, weight_decay : float >= 0
     beta1, beta2 : float in [0, 1)
@@ -309,22 +309,37 @@ def adam_step(p, g, m, v, vmax, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weig
     p
     """
     check_array("p", p, ndim=1, writable=True)
-    for name, a in (("g", g), ("m", m), ("v", v)):
-        check_array(name, a, dtype=p.dtype, shape=p.shape, writable=name != "g")
+    check_array("g", g, dtype=p.dtype, shape=p.shape)
+    check_array("m", m, dtype=p.dtype, shape=p.shape, writable=True)
+    check_array("v", v, dtype=p.dtype, shape=p.shape, writable=True)
     amsgrad = _check_bool("amsgrad", amsgrad)
     decoupled = _check_bool("decoupled", decoupled)
-    check_array("vmax", vmax, dtype=p.dtype, ndim=1, shape=p.shape if amsgrad else None, writable=amsgrad)
-    no_overlap(p=p, g=g, m=m, v=v)
     if amsgrad:
-        no_overlap(vmax=vmax, p=p, g=g, m=m, v=v)
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        check_array("vmax", vmax, dtype=p.dtype, shape=p.shape, writable=True)
+        no_overlap(p=p, g=g, m=m, v=v, vmax=vmax)
+    else:
+        no_overlap(p=p, g=g, m=m, v=v)
+        vmax = _EMPTY[p.dtype.name]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or not 1 <= step < 2 ** 63:
         raise ValueError(f"step must be an integer >= 1, got {step!r}")
     lr = check_float("lr", lr, minimum=0.0)
-    beta1, beta2 = check_betas((beta1, beta2))
+    beta1 = _check_beta("beta1", beta1)
+    beta2 = _check_beta("beta2", beta2)
     eps = check_float("eps", eps, minimum=0.0)
     weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
     raw.adam_step(p, g, m, v, vmax, int(step), lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled)
     return p
+
+
+#: the array passed for ``vmax`` when amsgrad is off (never read)
+_EMPTY = {"float32": np.zeros(0, np.float32), "float64": np.zeros(0, np.float64)}
+
+
+def _check_beta(name, value):
+    value = check_float(name, value, minimum=0.0)
+    if value >= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
 
 
 def dropout_apply(x, out, p, seed, step):

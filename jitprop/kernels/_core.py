@@ -1177,7 +1177,9 @@ def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, o
         vi = v[i] * beta2 + omb2 * gi * gi
         v[i] = vi
         if amsgrad:
-            vi = max(vmax[i], vi)
+            vm = vmax[i]
+            if vm > vi or vm != vm:  # NaN from either side propagates, as torch.maximum
+                vi = vm
             vmax[i] = vi
         p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
 
