@@ -17,19 +17,23 @@ import pytest
 
 sklearn = pytest.importorskip("sklearn")
 
-import joblib  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-from sklearn import neural_network as skn  # noqa: E402
-from sklearn.datasets import load_digits, make_classification, make_multilabel_classification, \
-    make_regression  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+import joblib
+import scipy.sparse as sp
+from sklearn import neural_network as skn
+from sklearn.datasets import (
+    load_digits,
+    make_classification,
+    make_multilabel_classification,
+    make_regression,
+)
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import jitprop  # noqa: E402
-from jitprop.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+import jitprop
+from jitprop.sklearn import MLPClassifier, MLPRegressor
 
 RTOL = 1e-6  # float64 fits of a few epochs differ by summation order only (~1e-13)
 
