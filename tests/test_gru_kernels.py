@@ -402,7 +402,7 @@ def test_cell_skip_dx():
              np.empty(3 * H), np.empty((B, 3 * H)), np.empty((B, 3 * H)), np.empty((B, H))]
         G.gru_cell_backward(x_t, p["h0"], p["W_x"], p["W_h"], gates, hn, p["dh_T"], dx_t, *g, None)
         res.append(g)
-    for a, b in zip(*res):
+    for a, b in zip(*res, strict=True):
         assert np.array_equal(a, b)
 
 
