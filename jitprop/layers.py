@@ -12,7 +12,7 @@ keep them.
 
 import numpy as np
 
-from ._checks import as_float_dtype, check_int
+from ._checks import as_float_dtype, check_int, check_layer_input, check_output_grad
 from ._registry import Registry
 from .kernels import raw as K
 
@@ -118,20 +118,6 @@ class Layer:
         return f"{type(self).__name__}()"
 
 
-def _check_input(layer, x, last):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{type(layer).__name__}: input must be a numpy.ndarray, got {type(x).__name__}")
-    if x.ndim < 2 or x.shape[-1] != last:
-        raise ValueError(
-            f"{type(layer).__name__}: input must have shape (batch, ..., {last}), got {x.shape}")
-    if x.dtype != layer.dtype:
-        raise TypeError(
-            f"{type(layer).__name__}: input dtype must be {layer.dtype} (the layer's dtype), got {x.dtype}; "
-            f"convert once with x.astype(np.{layer.dtype})")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{type(layer).__name__}: input must be C-contiguous")
-
-
 @LAYERS.register
 class Dense(Layer):
     """Fully connected layer ``y = x @ W + b``.
@@ -179,7 +165,7 @@ class Dense(Layer):
 
     def forward(self, x):
         """x: (batch, ..., n_in) -> (batch, ..., n_out)."""
-        _check_input(self, x, self.n_in)
+        check_layer_input(self, x, self.n_in, "(batch, ..., {})")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         out = self._buffer("out", (x2.shape[0], self.n_out), self.dtype)
@@ -194,10 +180,7 @@ class Dense(Layer):
             raise RuntimeError("Dense.backward called before forward")
         x2 = self._x
         n = x2.shape[0]
-        if dy.shape != self._lead + (self.n_out,) or dy.dtype != self.dtype or not dy.flags.c_contiguous:
-            raise ValueError(
-                f"Dense.backward: dy must be C-contiguous {self.dtype} of shape {self._lead + (self.n_out,)}, "
-                f"got {dy.dtype} {dy.shape}")
+        check_output_grad(self, dy, self.dtype, self._lead + (self.n_out,))
         dy2 = dy.reshape(n, self.n_out)
         if not need_dx:
             K.dense_backward_params(x2, dy2, self.grads["W"], self.grads["b"])
@@ -256,10 +239,7 @@ class Activation(Layer):
         a = self._a
         if a is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        if dy.shape != a.shape or dy.dtype != a.dtype or not dy.flags.c_contiguous:
-            raise ValueError(
-                f"{type(self).__name__}.backward: dy must be C-contiguous {a.dtype} of shape {a.shape}, "
-                f"got {dy.dtype} {dy.shape}")
+        check_output_grad(self, dy, a.dtype, a.shape)
         if not need_dx:
             return None
         dz = self._buffer("dz", a.shape, a.dtype)

@@ -1,16 +1,16 @@
-"""The LSTM layer, on the compiled sequence kernels of :mod:`jitprop.kernels._lstm`."""
+"""The LSTM layer, on the compiled sequence kernels (:func:`jitprop.kernels.raw.lstm_forward`, ``lstm_backward``)."""
 
 import numpy as np
 
-from ._checks import as_float_dtype, check_int
+from ._checks import as_float_dtype, check_int, check_layer_input, check_output_grad
 from ._threads import batch_parts, single_thread_blas
-from .kernels import _lstm as KL
+from .kernels import raw as K
 from .layers import LAYERS, Layer
 
 __all__ = ["LSTM"]
 
 #: The batch is cut into parts of at least this many rows that run the whole
-#: sequence at the same time (see :func:`jitprop.kernels._lstm.lstm_forward`).
+#: sequence at the same time (see :func:`jitprop.kernels.raw.lstm_forward`).
 MIN_PART_ROWS = 8
 
 
@@ -113,14 +113,7 @@ class LSTM(Layer):
     # -- computation ------------------------------------------------------------------
     def forward(self, x):
         """x: (batch, T, n_in) -> (batch, T, H) or (batch, H)."""
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"LSTM: input must be a numpy.ndarray, got {type(x).__name__}")
-        if x.ndim != 3 or x.shape[2] != self.n_in or x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"LSTM: input must have shape (batch, T, {self.n_in}) with batch, T >= 1, got {x.shape}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"LSTM: input dtype must be {self.dtype} (the layer's dtype), got {x.dtype}")
-        if not x.flags.c_contiguous:
-            raise ValueError("LSTM: input must be C-contiguous")
+        check_layer_input(self, x, self.n_in, "(batch, T, {}) with batch, T >= 1", ndim=3, convert_hint=False)
         B, T, _ = x.shape
         H = self.n_hidden
         dt = self.dtype
@@ -139,7 +132,7 @@ class LSTM(Layer):
             h0 = c0 = self._buffer("zeros_state", (B, H), dt, zero=True)
         parts = batch_parts(B, MIN_PART_ROWS)
         with single_thread_blas(parts > 1):
-            KL.lstm_forward(x, self.params["W_x"], self.params["W_h"], self.params["b"], h0, c0,
+            K.lstm_forward(x, self.params["W_x"], self.params["W_h"], self.params["b"], h0, c0,
                             h_seq, h_T, c_T, gates, states, step_ws, parts)
         if self.stateful:
             # h0/c0 are not needed by backward, so the carry buffers may be
@@ -162,9 +155,7 @@ class LSTM(Layer):
         B, T, H = self._B, self._T, self.n_hidden
         dt = self.dtype
         expected = (B, T, H) if self.return_sequences else (B, H)
-        if not isinstance(dy, np.ndarray) or dy.shape != expected or dy.dtype != dt or not dy.flags.c_contiguous:
-            raise ValueError(f"LSTM.backward: dy must be C-contiguous {dt} of shape {expected}, "
-                             f"got {getattr(dy, 'dtype', None)} {getattr(dy, 'shape', None)}")
+        check_output_grad(self, dy, dt, expected)
         zeros_state = self._buffer("zeros_state", (B, H), dt, zero=True)
         if self.return_sequences:
             dh_seq, dh_T = dy, zeros_state
@@ -183,7 +174,7 @@ class LSTM(Layer):
         if parts > 1:
             dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 4 * H), dt)
         with single_thread_blas(parts > 1):
-            KL.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
+            K.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
                              gates, states, dx, g["W_x"], g["W_h"], g["b"], dh0, dc0, dgates, step_ws,
                              parts, dw_ws)
         self.dh0, self.dc0 = dh0, dc0

@@ -462,6 +462,9 @@ class Trainer:
         with mid-epoch checkpoints and the progress bar."""
         n, bs, steps, epoch = run.n, run.bs, run.steps, state.epoch
         X, y, order = run.X, run.y, state.order
+        fused, policy, callback = run.fused, run.on_nonfinite, run.callback
+        xb, yb = run.xb, run.yb
+        checkpoint, every = run.checkpoint, run.checkpoint_every
         norms = run.norms
         step_norms = None if norms is None else (norms.offsets, norms.step_norms)
         first_step = state.step
@@ -476,15 +479,15 @@ class Trainer:
         total = state.total
         k = first_step
         while k < steps:
-            if run.fused is not None:
+            if fused is not None:
                 # many steps in one compiled call; stop at checkpoint
                 # boundaries and often enough to redraw the progress bar
                 k_end = min(steps, k + run.chunk)
-                if run.checkpoint_every is not None:
-                    k_end = min(k_end, (k // run.checkpoint_every + 1) * run.checkpoint_every)
+                if every is not None:
+                    k_end = min(k_end, (k // every + 1) * every)
                 tc = time.perf_counter()
-                done = run.fused.run(order, k, k_end, run.on_nonfinite != "ignore")
-                losses = run.fused.losses
+                done = fused.run(order, k, k_end, policy != "ignore")
+                losses = fused.losses
                 for j in range(done):
                     total += float(losses[j]) * min(bs, n - (k + j) * bs)
                 if done < k_end - k:
@@ -497,12 +500,12 @@ class Trainer:
                 idx = self._shard(order[s:s + bs])
                 m = idx.shape[0]
                 if m == bs:
-                    xk, yk = run.xb, run.yb
+                    xk, yk = xb, yb
                 else:
-                    xk, yk = run.xb[:m], run.yb[:m]
+                    xk, yk = xb[:m], yb[:m]
                 np.take(X, idx, axis=0, out=xk)
                 np.take(y, idx, axis=0, out=yk)
-                value = self._checked_step(xk, yk, epoch, k, run.on_nonfinite, step_norms)
+                value = self._checked_step(xk, yk, epoch, k, policy, step_norms)
                 if value is None:
                     skipped += 1
                     skipped_rows += min(bs, n - s)
@@ -510,11 +513,10 @@ class Trainer:
                     total += value * min(bs, n - s)  # rows of the global batch
                     if norms is not None:
                         norms.sums += norms.step_norms
-                if run.callback is not None:
-                    run.callback(self, epoch, k, value)
+                if callback is not None:
+                    callback(self, epoch, k, value)
                 k += 1
-            if run.checkpoint is not None and run.checkpoint_every is not None and k % run.checkpoint_every == 0 \
-                    and k < steps:
+            if checkpoint is not None and every is not None and k % every == 0 and k < steps:
                 state.step, state.total = k, total
                 self._save_position(run, state)
             if bar is not None:

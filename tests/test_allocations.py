@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
 
     # 2. the LSTM kernels called from compiled code (as from a user's @njit loop)
     from numba import njit
-    from jitprop.kernels import _lstm as KL
+    from jitprop.kernels import raw as KL
     B, T, n_in, H = 4, 6, 3, 5
     shp = KL.lstm_workspace_shapes(B, T, n_in, H)
     a = {k: rng.standard_normal(s).astype(np.float32) for k, s in shp.items()}

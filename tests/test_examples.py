@@ -3,7 +3,7 @@
 
 import pytest
 
-from conftest import load_example as load
+from _helpers import load_example as load
 
 
 def test_digits_mlp_reaches_97_percent(capsys):

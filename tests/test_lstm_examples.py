@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import load_example as load
+from _helpers import load_example as load
 
 
 @pytest.mark.slow

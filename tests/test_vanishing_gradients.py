@@ -12,7 +12,7 @@ import pytest
 
 import jitprop as jp
 
-from conftest import load_example
+from _helpers import load_example
 
 
 def load():

@@ -15,12 +15,8 @@ XLA_FLAGS thread options. Each worker prints one JSON line that the parent
 collects; the measured process CPU-time / wall-time ratio is reported as a
 check that the thread count held.
 
-Timing: the first step (which includes JIT compilation) is timed alone and
-reported as ``first_step_s``; then warm-up steps in doubling chunks estimate the
-step time; then a fixed number of steps lasting about ``--seconds`` is timed
-with ``time.perf_counter`` (synchronising at the end of the region), repeated
-3 times, and the BEST repeat gives ``samples_per_s = batch * steps / time``
-(the median is reported too).
+Timing (first step alone, warm-up in doubling chunks, best of timed repeats):
+see :mod:`jitprop.bench.worker`.
 
 The data is synthetic, generated once per workload from a fixed seed (a few
 batches, cycled) by the same code in every worker, so all frameworks train on
@@ -389,6 +385,71 @@ def _write_json(path, doc, indent=1):
             f.write(text)
 
 
+def _sweep(args, workloads, threads, frameworks, say):
+    """Every (workload, threads, framework) measurement, ``args.rounds`` times
+    interleaved, and numpy's SGEMM where GFLOP/s are reported; returns the
+    best row of each over the rounds: ``(best_rows, gemm_rows)``."""
+    gemm_repeats = 3 if args.quick else 5
+    need_gemm = any(w in GFLOPS_WORKLOADS for w in workloads)
+    pin = not args.no_pin
+    best_rows, gemm_rows = {}, {}   # key -> best row over rounds
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            say("-- round %d/%d --" % (rnd + 1, args.rounds))
+        for wl in workloads:
+            for th in threads:
+                if need_gemm and wl in GFLOPS_WORKLOADS:
+                    g = run_worker({"job": "gemm", "gemm_repeats": gemm_repeats}, th, pin,
+                                   args.timeout)
+                    if g.get("ok"):
+                        say("numpy sgemm %d thread%s: %.1f GFLOP/s" % (
+                            th, "" if th == 1 else "s", g["gflops"]))
+                        old = gemm_rows.get(th)
+                        if old is None or g["gflops"] > old["gflops"]:
+                            gemm_rows[th] = {
+                                "workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm",
+                                "threads": th, "gflops": g["gflops"], "best_s": g["best_s"],
+                                "cpu_per_wall": g["cpu_per_wall"], "blas": g.get("blas")}
+                    else:
+                        say("numpy sgemm %d threads failed: %s" % (th, g.get("error")))
+                for fw in frameworks:
+                    row = _measure_one(wl, fw, th, args, pin, say)
+                    key = (wl, th, fw)
+                    old = best_rows.get(key)
+                    rates = (old or {}).get("samples_per_s_rounds", []) + [row.get("samples_per_s")]
+                    if old is None or (row.get("samples_per_s") or 0) > (old.get("samples_per_s") or 0):
+                        best_rows[key] = row
+                    best_rows[key]["samples_per_s_rounds"] = rates
+    return best_rows, gemm_rows
+
+
+def _results(workloads, threads, frameworks, best_rows, gemm_rows, gemm):
+    """The result rows in report order, with GFLOP/s, the fraction of SGEMM
+    (``gemm``: GFLOP/s per thread count) and jitprop's ratio to the best peer
+    filled in."""
+    results = []
+    for wl in workloads:
+        flops = train_step_flops(WORKLOADS[wl])
+        for th in threads:
+            if th in gemm_rows and wl in GFLOPS_WORKLOADS and gemm_rows[th] not in results:
+                results.append(gemm_rows[th])
+            group = [best_rows[(wl, th, fw)] for fw in frameworks]
+            for row in group:
+                if flops is not None and row.get("samples_per_s"):
+                    row["gflops"] = flops * row["samples_per_s"] / row["batch"] / 1e9
+                    if th in gemm and wl in GFLOPS_WORKLOADS:
+                        row["numpy_sgemm_gflops"] = gemm[th]
+                        row["fraction_of_sgemm"] = row["gflops"] / gemm[th]
+            jp_row = group[0]
+            peer_rows = [r for r in group[1:] if r.get("samples_per_s")]
+            if peer_rows and jp_row.get("samples_per_s"):
+                best = max(peer_rows, key=lambda r: r["samples_per_s"])
+                jp_row["best_peer"] = best["framework"]
+                jp_row["ratio_vs_best_peer"] = jp_row["samples_per_s"] / best["samples_per_s"]
+            results.extend(group)
+    return results
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.floor:
@@ -429,59 +490,9 @@ def main(argv=None):
         if ncpu_avail and th > ncpu_avail:
             say("note: %d threads > %d available CPUs: that run is oversubscribed" % (th, ncpu_avail))
 
-    gemm_repeats = 3 if args.quick else 5
-    need_gemm = any(w in GFLOPS_WORKLOADS for w in workloads)
-    pin = not args.no_pin
-    best_rows, gemm_rows = {}, {}   # key -> best row over rounds
-    for rnd in range(args.rounds):
-        if args.rounds > 1:
-            say("-- round %d/%d --" % (rnd + 1, args.rounds))
-        for wl in workloads:
-            for th in threads:
-                if need_gemm and wl in GFLOPS_WORKLOADS:
-                    g = run_worker({"job": "gemm", "gemm_repeats": gemm_repeats}, th, pin,
-                                   args.timeout)
-                    if g.get("ok"):
-                        say("numpy sgemm %d thread%s: %.1f GFLOP/s" % (
-                            th, "" if th == 1 else "s", g["gflops"]))
-                        old = gemm_rows.get(th)
-                        if old is None or g["gflops"] > old["gflops"]:
-                            gemm_rows[th] = {
-                                "workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm",
-                                "threads": th, "gflops": g["gflops"], "best_s": g["best_s"],
-                                "cpu_per_wall": g["cpu_per_wall"], "blas": g.get("blas")}
-                    else:
-                        say("numpy sgemm %d threads failed: %s" % (th, g.get("error")))
-                for fw in frameworks:
-                    row = _measure_one(wl, fw, th, args, pin, say)
-                    key = (wl, th, fw)
-                    old = best_rows.get(key)
-                    rates = (old or {}).get("samples_per_s_rounds", []) + [row.get("samples_per_s")]
-                    if old is None or (row.get("samples_per_s") or 0) > (old.get("samples_per_s") or 0):
-                        best_rows[key] = row
-                    best_rows[key]["samples_per_s_rounds"] = rates
-
+    best_rows, gemm_rows = _sweep(args, workloads, threads, frameworks, say)
     gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
-    results = []
-    for wl in workloads:
-        flops = train_step_flops(WORKLOADS[wl])
-        for th in threads:
-            if th in gemm_rows and wl in GFLOPS_WORKLOADS and gemm_rows[th] not in results:
-                results.append(gemm_rows[th])
-            group = [best_rows[(wl, th, fw)] for fw in frameworks]
-            for row in group:
-                if flops is not None and row.get("samples_per_s"):
-                    row["gflops"] = flops * row["samples_per_s"] / row["batch"] / 1e9
-                    if th in gemm and wl in GFLOPS_WORKLOADS:
-                        row["numpy_sgemm_gflops"] = gemm[th]
-                        row["fraction_of_sgemm"] = row["gflops"] / gemm[th]
-            jp_row = group[0]
-            peer_rows = [r for r in group[1:] if r.get("samples_per_s")]
-            if peer_rows and jp_row.get("samples_per_s"):
-                best = max(peer_rows, key=lambda r: r["samples_per_s"])
-                jp_row["best_peer"] = best["framework"]
-                jp_row["ratio_vs_best_peer"] = jp_row["samples_per_s"] / best["samples_per_s"]
-            results.extend(group)
+    results = _results(workloads, threads, frameworks, best_rows, gemm_rows, gemm)
 
     say("")
     say(format_table(results, frameworks, gemm))

@@ -10,9 +10,10 @@ code, where these Python-level checks cannot run.
 
 import numpy as np
 
-from .._checks import check_array, check_float, check_int as _check_int, check_labels, no_overlap
+from .._checks import check_array, check_float, check_int, check_labels, no_overlap
 from . import _gru, raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH
+from ._lstm_shapes import lstm_workspace_shapes
 
 __all__ = [
     "raw",
@@ -37,6 +38,11 @@ __all__ = [
     "sgd_step",
     "clip_grad_norm",
     "clip_grad_norm_list",
+    "lstm_forward",
+    "lstm_backward",
+    "lstm_cell_forward",
+    "lstm_cell_backward",
+    "lstm_workspace_shapes",
     "gru_forward",
     "gru_backward",
     "gru_cell_forward",
@@ -314,21 +320,132 @@ def clip_grad_norm_list(grads, max_norm):
     return norm
 
 
+# --------------------------------------------------------------------------
+# LSTM kernels: the compiled ones are in _lstm.py, their shapes in _lstm_shapes.py
+# --------------------------------------------------------------------------
+def _lstm_dims(x_name, x, ndim, W_h):
+    """dtype and hidden size H from the input and ``W_h`` (H, 4H)."""
+    check_array(x_name, x, ndim=ndim)
+    dt = x.dtype
+    check_array("W_h", W_h, dtype=dt, ndim=2)
+    H = W_h.shape[0]
+    if W_h.shape[1] != 4 * H:
+        raise ValueError(f"W_h must have shape (H, 4H), got {W_h.shape}")
+    return dt, H
+
+
+def _check_lstm_arrays(shapes, dt, reads, writes, prefix=""):
+    """Check every named array against ``shapes[prefix + name]``; outputs
+    (``writes``, None entries skipped) must be writable."""
+    for name, a in reads.items():
+        check_array(name, a, dtype=dt, shape=shapes[prefix + name])
+    for name, a in writes.items():
+        if a is not None:
+            check_array(name, a, dtype=dt, shape=shapes[prefix + name], writable=True)
+
+
+def _check_lstm_overlaps(reads, writes, aliases=()):
+    """No output overlaps another output or an input, except the pairs in
+    ``aliases`` (output, input) when they are the very same array."""
+    outs = [(k, a) for k, a in writes.items() if a is not None]
+    for i, (na, a) in enumerate(outs):
+        for nb, b in outs[i + 1:]:
+            no_overlap(**{na: a, nb: b})
+        for nb, b in reads.items():
+            if (na, nb) in aliases and a is b:
+                continue
+            no_overlap(**{na: a, nb: b})
+
+
+def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, parts=1):
+    """Checked :func:`jitprop.kernels.raw.lstm_forward` (same arguments; see
+    its documentation).  ``h0 is h_T`` and ``c0 is c_T`` are allowed."""
+    dt, H = _lstm_dims("x", x, 3, W_h)
+    B, T, n_in = x.shape
+    shapes = lstm_workspace_shapes(B, T, n_in, H)
+    reads = dict(x=x, W_x=W_x, W_h=W_h, b=b, h0=h0, c0=c0)
+    writes = dict(h_seq=h_seq, h_T=h_T, c_T=c_T, gates=gates, states=states, step_ws=step_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes)
+    _check_lstm_overlaps(reads, writes, aliases={("h_T", "h0"), ("c_T", "c0")})
+    raw.lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, check_int("parts", parts, 1))
+
+
+def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db, dh0, dc0, dgates, step_ws,
+                  parts=1, dw_ws=None):
+    """Checked :func:`jitprop.kernels.raw.lstm_backward` (same arguments; see
+    its documentation).  ``dh_T is dh0`` and ``dc_T is dc0`` are allowed;
+    ``dw_ws`` is required when ``parts > 1`` and the batch has several rows."""
+    dt, H = _lstm_dims("x", x, 3, W_h)
+    B, T, n_in = x.shape
+    shapes = lstm_workspace_shapes(B, T, n_in, H)
+    reads = dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, dc_T=dc_T, gates=gates, states=states)
+    writes = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db=db, dh0=dh0, dc0=dc0, dgates=dgates, step_ws=step_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes)
+    parts = check_int("parts", parts, 1)
+    if parts > 1 and B > 1:
+        if dw_ws is None:
+            raise ValueError("lstm_backward: parts > 1 needs dw_ws")
+        rows = -(-B // parts)
+        active = -(-B // rows)   # parts that hold rows
+        width = (n_in + H) * 4 * H
+        check_array("dw_ws", dw_ws, dtype=dt, ndim=2, writable=True)
+        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
+            raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, n_in*4H + H*4H), "
+                             f"got {dw_ws.shape}")
+        writes["dw_ws"] = dw_ws
+    _check_lstm_overlaps(reads, writes, aliases={("dh0", "dh_T"), ("dc0", "dc_T")})
+    raw.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db, dh0, dc0, dgates, step_ws,
+                  parts, dw_ws)
+
+
+def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws):
+    """Checked :func:`jitprop.kernels.raw.lstm_cell_forward` (same arguments;
+    see its documentation).  ``h is h_prev`` and ``c is c_prev`` are allowed."""
+    dt, H = _lstm_dims("x_t", x_t, 2, W_h)
+    B, n_in = x_t.shape
+    shapes = lstm_workspace_shapes(B, 1, n_in, H)
+    reads = dict(x_t=x_t, h_prev=h_prev, c_prev=c_prev)
+    writes = dict(h=h, c=c, gates=gates, tanh_c=tanh_c, step_ws=step_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_")
+    _check_lstm_arrays(shapes, dt, dict(W_x=W_x, W_h=W_h, b=b), {})
+    _check_lstm_overlaps(dict(reads, W_x=W_x, W_h=W_h, b=b), writes, aliases={("h", "h_prev"), ("c", "c_prev")})
+    raw.lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws)
+
+
+def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
+                       db, dgates, accum_ws):
+    """Checked :func:`jitprop.kernels.raw.lstm_cell_backward` (same arguments;
+    see its documentation).  ``dh_prev is dh`` and ``dc_prev is dc`` are
+    allowed; ``accum_ws`` None selects overwrite mode."""
+    dt, H = _lstm_dims("x_t", x_t, 2, W_h)
+    B, n_in = x_t.shape
+    shapes = lstm_workspace_shapes(B, 1, n_in, H)
+    reads = dict(x_t=x_t, h_prev=h_prev, c_prev=c_prev, gates=gates, tanh_c=tanh_c, dh=dh, dc=dc)
+    writes = dict(dx_t=dx_t, dh_prev=dh_prev, dc_prev=dc_prev, dgates=dgates, accum_ws=accum_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_")
+    weights = dict(W_x=W_x, W_h=W_h)
+    grads = dict(dW_x=dW_x, dW_h=dW_h, db=db)
+    _check_lstm_arrays(shapes, dt, weights, grads)
+    _check_lstm_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
+    raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
+                       db, dgates, accum_ws)
+
+
 # -- GRU ------------------------------------------------------------------------
 
 gru_workspace_shapes = _gru.gru_workspace_shapes
 
 
-def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), alias=()):
+def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), alias=(), shapes_done=False):
     """Check the named arrays of a recurrent kernel against ``shapes``
     (:func:`gru_workspace_shapes`) and that no written array overlaps another
     argument, except the ``alias`` pairs when they are the same array.
-    ``optional`` names may be None."""
+    ``optional`` names may be None; ``shapes_done`` skips to the overlaps."""
     for names, writable in ((read, False), (written, True)):
         for name, a in names.items():
-            if a is None and name in optional:
+            if shapes_done or (a is None and name in optional):
                 continue
-            check_array(name, a, dtype=dtype, shape=shapes[prefix + name], writable=writable)
+            check_array(name, a, dtype=dtype, shape=shapes.get(prefix + name, shapes.get(name)), writable=writable)
     allowed = {frozenset(p) for p in alias}
     items = [(n, a) for n, a in list(written.items()) + list(read.items()) if a is not None]
     for i, (na, a) in enumerate(items):
@@ -342,18 +459,17 @@ def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), a
 
 
 def _gru_dims(x, W_h, x_ndim):
+    """Hidden size H from the input and ``W_h`` (H, 3H)."""
     check_array("x" if x_ndim == 3 else "x_t", x, ndim=x_ndim)
     check_array("W_h", W_h, dtype=x.dtype, ndim=2)
     H = W_h.shape[0]
-    if H == 0 or W_h.shape[1] != 3 * H:
-        raise ValueError(f"W_h must have shape (H, 3H) with H >= 1, got {W_h.shape}")
-    if 0 in x.shape:
-        raise ValueError(f"x must be non-empty, got shape {x.shape}")
+    if W_h.shape[1] != 3 * H:
+        raise ValueError(f"W_h must have shape (H, 3H), got {W_h.shape}")
     return H
 
 
 def _check_parts(parts):
-    return _check_int("parts", parts, 1)
+    return check_int("parts", parts, 1)
 
 
 def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts=1):
@@ -392,14 +508,23 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
     s = gru_workspace_shapes(B, T, n_in, H, parts)
     written = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h, dh0=dh0, dgates=dgates,
                    dgates_h=dgates_h, step_ws=step_ws, dh_ws=dh_ws)
-    optional = ["dx"]
-    if parts > 1 and B > 1:
-        if dw_ws is None:
-            raise ValueError("dw_ws is required when parts > 1 (shape (parts - 1, (n_in + H) * 3H))")
-        written["dw_ws"] = dw_ws
     _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
                                           states=states),
-                         written, optional=optional, alias=[("dh_T", "dh0")])
+                         written, optional=["dx"], alias=[("dh_T", "dh0")])
+    if parts > 1 and B > 1:
+        # the raw kernel uses rows 0 .. active-2 of dw_ws (one per part holding rows, but the first)
+        active = -(-B // -(-B // parts))
+        width = s["dw_ws"][1]
+        if dw_ws is None:
+            raise ValueError(f"dw_ws is required when parts > 1 (shape ({parts - 1}, {width}))")
+        check_array("dw_ws", dw_ws, dtype=x.dtype, ndim=2, writable=True)
+        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
+            raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, (n_in + H) * 3H), "
+                             f"got {dw_ws.shape}")
+        written["dw_ws"] = dw_ws
+        _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
+                                              states=states),
+                             written, optional=["dx", "dw_ws"], alias=[("dh_T", "dh0")], shapes_done=True)
     raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
                      dgates, dgates_h, step_ws, dh_ws, parts, written.get("dw_ws"))
     return dx, dW_x, dW_h, db_x, db_h, dh0
@@ -415,12 +540,9 @@ def gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws):
     H = _gru_dims(x_t, W_h, 2)
     B, n_in = x_t.shape
     s = gru_workspace_shapes(B, 1, n_in, H)
-    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev),
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h),
                          dict(h=h, gates=gates, hn=hn, step_ws=step_ws), prefix="cell_",
                          alias=[("h", "h_prev")])
-    _check_kernel_arrays(s, x_t.dtype, dict(W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h), {})
-    no_overlap(h=h, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h)
-    no_overlap(gates=gates, hn=hn, step_ws=step_ws, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h)
     raw.gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws)
     return h
 
@@ -438,16 +560,10 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     H = _gru_dims(x_t, W_h, 2)
     B, n_in = x_t.shape
     s = gru_workspace_shapes(B, 1, n_in, H)
-    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, hn=hn, gates=gates, dh=dh),
-                         dict(dx_t=dx_t, dh_prev=dh_prev, dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws,
-                              accum_ws=accum_ws),
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, hn=hn, gates=gates, dh=dh),
+                         dict(dx_t=dx_t, dh_prev=dh_prev, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h,
+                              dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws),
                          prefix="cell_", optional=("dx_t", "accum_ws"), alias=[("dh_prev", "dh")])
-    _check_kernel_arrays(s, x_t.dtype, dict(W_x=W_x, W_h=W_h),
-                         dict(dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h))
-    outs = dict(dx_t=dx_t, dh_prev=dh_prev, dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws)
-    for name, a in outs.items():
-        if a is not None:
-            no_overlap(**{name: a, "dW_x": dW_x, "dW_h": dW_h, "db_x": db_x, "db_h": db_h})
     raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
                           dgates, dgates_h, dh_ws, accum_ws)
     return dh_prev

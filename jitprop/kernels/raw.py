@@ -5,7 +5,8 @@ These are the Numba dispatchers themselves.  Call them from your own
 you have already checked the arguments: they assume C-contiguous arrays of
 one float dtype with the shapes given in each docstring, and out-of-shape
 arguments make them read or write outside the buffers.  The checked versions
-with the same names live in :mod:`jitprop.kernels`.
+with the same names live in :mod:`jitprop.kernels`.  ``lstm_workspace_shapes``
+(plain Python) gives the shapes the LSTM kernels expect.
 """
 
 from ._core import (  # noqa: F401
@@ -37,6 +38,13 @@ from ._core import (  # noqa: F401
     tanh_backward,
     tanh_forward,
 )
+from ._lstm import (  # noqa: F401
+    lstm_backward,
+    lstm_cell_backward,
+    lstm_cell_forward,
+    lstm_forward,
+)
+from ._lstm_shapes import lstm_workspace_shapes  # noqa: F401
 from ._gru import (  # noqa: F401
     gru_backward,
     gru_cell_backward,
