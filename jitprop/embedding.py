@@ -28,8 +28,9 @@ class Embedding(Layer):
     Input: an integer array ``(batch, T)`` or ``(batch,)`` (any integer dtype);
     output ``(batch, T, D)`` or ``(batch, D)``.  Indices outside ``[0, V)``
     raise ``ValueError`` before anything is written.  ``backward`` adds the
-    rows of ``dy`` into ``grads["W"]`` (repeated indices add up) race-free and
-    independently of the thread count, and returns None: the input is not
+    rows of ``dy`` into ``grads["W"]`` (repeated indices add up), each row of
+    ``W`` owned by one thread and added to in index order: race-free and
+    independent of the thread count, and returns None: the input is not
     differentiable.  As the first layer of a :class:`~jitprop.Sequential`,
     the model takes integer input (``integer_input``).
     """

@@ -84,6 +84,9 @@ def test_checked_kernels_match_numpy(rng):
     np.testing.assert_array_equal(dW, ref)
     with pytest.raises(ValueError, match="dy"):
         KC.embedding_backward(idx, dy[:, :5], dW)
+    one = np.full((1, 3), np.nan)                         # fewer rows than threads
+    KC.embedding_backward(np.zeros(4, np.int64), np.arange(12.0).reshape(4, 3), one)
+    np.testing.assert_array_equal(one, [[18.0, 22.0, 26.0]])
 
 
 _THREADS_SCRIPT = textwrap.dedent("""

@@ -54,7 +54,9 @@ KERNELS = ["dense_forward", "dense_act_forward", "dense_backward", "dense_backwa
            "sigmoid_backward", "relu_backward", "tanh_backward", "activation_backward",
            "mse_loss", "softmax_cross_entropy", "sgd_step", "clip_grad_norm", "clip_grad_norm_list",
            "lstm_forward", "lstm_backward", "lstm_cell_forward", "lstm_cell_backward",
-           "adam_step", "dropout_apply"]
+           "adam_step", "dropout_apply",
+           "gru_forward", "gru_backward", "gru_cell_forward", "gru_cell_backward",
+           "embedding_forward", "embedding_backward"]
 
 SENTINEL = 1234.5   # fill of float/complex buffer margins
 INT_SENTINEL = 77   # fill of integer/bool buffer margins
@@ -385,7 +387,8 @@ def test_fuzzed_functions_are_the_checked_wrappers():
     """The functions fuzzed here are the checked Python wrappers, not the raw
     Numba dispatchers, which skip all checks by design (README: "raw holds the
     same kernels as Numba dispatchers without checks")."""
-    public = [n for n in K.__all__ if n not in ("raw", "lstm_workspace_shapes") and not n.startswith("ACT_")]
+    public = [n for n in K.__all__ if n not in ("raw", "lstm_workspace_shapes", "gru_workspace_shapes")
+              and not n.startswith("ACT_")]
     assert sorted(public) == sorted(KERNELS)
     for name in KERNELS:
         f = getattr(K, name)
@@ -1047,6 +1050,282 @@ def test_fuzz_lstm_cell_backward(data):
         for name, want in wants:
             _near(v[name], want, name)
     run("lstm_cell_backward", K.lstm_cell_backward, args, names, c.arena, expect, check, c.outputs())
+
+
+# ----------------------------------------------------------------------------- GRU
+def _gru_step_ref(x_t, h, W_x, W_h, b_x, b_h):
+    """One step in float64: activations [r, z, n], u_n, h_t."""
+    H = W_h.shape[0]
+    a = x_t @ W_x + b_x
+    u = h @ W_h + b_h
+    r, z = _sig(a[:, :H] + u[:, :H]), _sig(a[:, H:2 * H] + u[:, H:2 * H])
+    n = np.tanh(a[:, 2 * H:] + r * u[:, 2 * H:])
+    return np.concatenate([r, z, n], axis=1), u[:, 2 * H:], (1.0 - z) * n + z * h
+
+
+def _gru_step_grad_ref(gates, h_prev, un, dh):
+    """x-side and h-side pre-activation gradients of one step, and the direct part d * z."""
+    H = un.shape[1]
+    r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+    dan = dh * (1.0 - z) * (1.0 - n * n)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    dr = dan * un * r * (1.0 - r)
+    return np.concatenate([dr, dz, dan], axis=1), np.concatenate([dr, dz, dan * r], axis=1), dh * z
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_forward(data):
+    draw = data.draw
+    c, B, T, n_in, H, dtype = _lstm_case(draw, cell=False)
+    specs = [("x", (B, T, n_in), "in"), ("W_x", (n_in, 3 * H), "in"), ("W_h", (H, 3 * H), "in"),
+             ("b_x", (3 * H,), "in"), ("b_h", (3 * H,), "in"), ("h0", (B, H), "in"), ("h_seq", (B, T, H), "out"),
+             ("h_T", (B, H), "out"), ("gates", (B, T, 3 * H), "out"), ("states", (2, B, T, H), "out"),
+             ("step_ws", (B, 3 * H), "out")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[("h_T", "h0"), ("h_seq", "x"), ("gates", "step_ws"), ("W_x", "W_h"),
+                                        ("b_x", "b_h"), ("states", "h_seq")])
+    parts = draw(st.sampled_from(GOOD_PARTS * 3 + BAD_PARTS))
+    expect = worst(c.verdict(identity_ok=[("h_T", "h0")]), "ok" if parts_ok(parts) else "err")
+    v = c.vals
+    args = [v[n] for n in names] + [parts]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result[0] is v["h_seq"] and result[1] is v["h_T"]
+        _same_as_raw(raw.gru_forward, args, raw_args, range(6, 11))
+        if not _reference_wanted(c, dtype):
+            return
+        h = cp["h0"]
+        for t in range(T):
+            gates, un, h_new = _gru_step_ref(cp["x"][:, t], h, cp["W_x"], cp["W_h"], cp["b_x"], cp["b_h"])
+            for name, got, want in (("gates", v["gates"][:, t], gates), ("h_prev", v["states"][0, :, t], h),
+                                    ("u_n", v["states"][1, :, t], un), ("h_seq", v["h_seq"][:, t], h_new)):
+                _near(got, want, name)
+            h = h_new
+        _near(v["h_T"], h, "h_T")
+    run("gru_forward", K.gru_forward, args, names + ["parts"], c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_backward(data):
+    draw = data.draw
+    c, B, T, n_in, H, dtype = _lstm_case(draw, cell=False)
+    with_dx = draw(st.booleans())
+    parts = draw(st.sampled_from(GOOD_PARTS * 3 + BAD_PARTS))
+    G = 3 * H
+    specs = [("x", (B, T, n_in), "in"), ("W_x", (n_in, G), "in"), ("W_h", (H, G), "in"),
+             ("dh_seq", (B, T, H), "in"), ("dh_T", (B, H), "in"), ("gates", (B, T, G), "in"),
+             ("states", (2, B, T, H), "in"), ("dx", (B, T, n_in), "out"), ("dW_x", (n_in, G), "out"),
+             ("dW_h", (H, G), "out"), ("db_x", (G,), "out"), ("db_h", (G,), "out"), ("dh0", (B, H), "out"),
+             ("dgates", (B, T, G), "out"), ("dgates_h", (B, T, G), "out"), ("step_ws", (B, G), "out"),
+             ("dh_ws", (B, H), "out")]
+    uses_ws = parts_ok(parts) and parts > 1 and B > 1
+    if uses_ws:
+        active = -(-B // -(-B // int(parts)))   # parts that hold rows
+        specs.append(("dw_ws", (active - 1 + draw(st.sampled_from([0, 0, 1])), (n_in + H) * G), "out"))
+    if not with_dx:
+        specs = [s for s in specs if s[0] != "dx"]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[p for p in [("dh0", "dh_T"), ("dW_h", "W_h"), ("dgates", "gates"),
+                                                    ("dx", "x"), ("gates", "states"), ("dw_ws", "dW_x"),
+                                                    ("dgates_h", "dgates"), ("dh_ws", "dh0")] if p[0] in names],
+             any_shape=("dw_ws",))
+    v = c.vals
+    expect = worst(c.verdict(identity_ok=[("dh0", "dh_T")], any_shape=("dw_ws",)),
+                   "ok" if parts_ok(parts) else "err")
+    ws = v.get("dw_ws")
+    if isinstance(ws, np.ndarray) and (ws.ndim != 2 or ws.shape[0] < active - 1 or ws.shape[1] != (n_in + H) * G):
+        expect = "err"
+    order = ["x", "W_x", "W_h", "dh_seq", "dh_T", "gates", "states", "dx", "dW_x", "dW_h", "db_x", "db_h", "dh0",
+             "dgates", "dgates_h", "step_ws", "dh_ws"]
+    args = [v.get(n) for n in order] + [parts, ws]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result[5] is v["dh0"]
+        _same_as_raw(raw.gru_backward, args, raw_args, list(range(7, 17)) + [18])
+        if not _reference_wanted(c, dtype):
+            return
+        dh_next = cp["dh_T"]
+        dW_x, dW_h, db_x, db_h = np.zeros((n_in, G)), np.zeros((H, G)), np.zeros(G), np.zeros(G)
+        for t in range(T - 1, -1, -1):
+            hp = cp["states"][0, :, t]
+            da, du, direct = _gru_step_grad_ref(cp["gates"][:, t], hp, cp["states"][1, :, t],
+                                                cp["dh_seq"][:, t] + dh_next)
+            _near(v["dgates"][:, t], da, "dgates")
+            _near(v["dgates_h"][:, t], du, "dgates_h")
+            if with_dx:
+                _near(v["dx"][:, t], da @ cp["W_x"].T, "dx")
+            dW_x += cp["x"][:, t].T @ da
+            dW_h += hp.T @ du
+            db_x += da.sum(axis=0)
+            db_h += du.sum(axis=0)
+            dh_next = direct + du @ cp["W_h"].T
+        for name, want in (("dW_x", dW_x), ("dW_h", dW_h), ("db_x", db_x), ("db_h", db_h), ("dh0", dh_next)):
+            _near(v[name], want, name)
+    run("gru_backward", K.gru_backward, args, names + ["parts"], c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_cell_forward(data):
+    draw = data.draw
+    c, B, _, n_in, H, dtype = _lstm_case(draw, cell=True)
+    specs = [("x_t", (B, n_in), "in"), ("h_prev", (B, H), "in"), ("W_x", (n_in, 3 * H), "in"),
+             ("W_h", (H, 3 * H), "in"), ("b_x", (3 * H,), "in"), ("b_h", (3 * H,), "in"), ("h", (B, H), "out"),
+             ("gates", (B, 3 * H), "out"), ("hn", (B, H), "out"), ("step_ws", (B, 3 * H), "out")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[("h", "h_prev"), ("gates", "step_ws"), ("h", "hn"), ("hn", "W_h")])
+    expect = c.verdict(identity_ok=[("h", "h_prev")])
+    v = c.vals
+    args = [v[n] for n in names]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is v["h"]
+        _same_as_raw(raw.gru_cell_forward, args, raw_args, range(6, 10))
+        if _reference_wanted(c, dtype):
+            gates, un, h = _gru_step_ref(cp["x_t"], cp["h_prev"], cp["W_x"], cp["W_h"], cp["b_x"], cp["b_h"])
+            for name, want in (("gates", gates), ("hn", un), ("h", h)):
+                _near(v[name], want, name)
+    run("gru_cell_forward", K.gru_cell_forward, args, names, c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_cell_backward(data):
+    draw = data.draw
+    c, B, _, n_in, H, dtype = _lstm_case(draw, cell=True)
+    accumulate, with_dx = draw(st.booleans()), draw(st.booleans())
+    grad_role = "inout" if accumulate else "out"
+    G = 3 * H
+    specs = [("x_t", (B, n_in), "in"), ("h_prev", (B, H), "in"), ("W_x", (n_in, G), "in"), ("W_h", (H, G), "in"),
+             ("gates", (B, G), "in"), ("hn", (B, H), "in"), ("dh", (B, H), "in"), ("dx_t", (B, n_in), "out"),
+             ("dh_prev", (B, H), "out"), ("dW_x", (n_in, G), grad_role), ("dW_h", (H, G), grad_role),
+             ("db_x", (G,), grad_role), ("db_h", (G,), grad_role), ("dgates", (B, G), "out"),
+             ("dgates_h", (B, G), "out"), ("dh_ws", (B, H), "out"), ("accum_ws", (n_in + H, G), "out")]
+    specs = [s for s in specs if (with_dx or s[0] != "dx_t") and (accumulate or s[0] != "accum_ws")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[p for p in [("dh_prev", "dh"), ("dW_h", "W_h"), ("dgates", "gates"),
+                                                    ("accum_ws", "dW_x"), ("dh_ws", "dh")] if p[0] in names])
+    v = c.vals
+    expect = c.verdict(identity_ok=[("dh_prev", "dh")])
+    order = ["x_t", "h_prev", "W_x", "W_h", "gates", "hn", "dh", "dx_t", "dh_prev", "dW_x", "dW_h", "db_x", "db_h",
+             "dgates", "dgates_h", "dh_ws", "accum_ws"]
+    args = [v.get(n) for n in order]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is v["dh_prev"]
+        _same_as_raw(raw.gru_cell_backward, args, raw_args, range(7, 17))
+        if not _reference_wanted(c, dtype):
+            return
+        da, du, direct = _gru_step_grad_ref(cp["gates"], cp["h_prev"], cp["hn"], cp["dh"])
+        base = {k: (cp[k] if accumulate else 0.0) for k in ("dW_x", "dW_h", "db_x", "db_h")}
+        wants = [("dgates", da), ("dgates_h", du), ("dh_prev", direct + du @ cp["W_h"].T),
+                 ("dW_x", base["dW_x"] + cp["x_t"].T @ da), ("dW_h", base["dW_h"] + cp["h_prev"].T @ du),
+                 ("db_x", base["db_x"] + da.sum(axis=0)), ("db_h", base["db_h"] + du.sum(axis=0))]
+        if with_dx:
+            wants.append(("dx_t", da @ cp["W_x"].T))
+        for name, want in wants:
+            _near(v[name], want, name)
+    run("gru_cell_backward", K.gru_cell_backward, args, names, c.arena, expect, check, c.outputs())
+
+
+# ----------------------------------------------------------------------------- embedding
+INDEX_MODES = ["ok"] * 12 + ["range", "float", "bool", "nonnative", "layout", "list", "2d", "alias_out"]
+
+
+def _fuzz_embedding(draw, backward):
+    c = Case(draw)
+    N, V, D = draw(DIM), draw(DIM), draw(DIM)
+    dtype = np.dtype(draw(st.sampled_from(FLOATS)))
+    if backward:
+        specs = [("dy", (N, D), "in"), ("dW", (V, D), "out")]
+        alias_pairs = [("dW", "dy")]
+    else:
+        specs = [("W", (V, D), "in"), ("out", (N, D), "out")]
+        alias_pairs = [("out", "W")]
+    c.arrays(specs, dtype, alias_pairs=alias_pairs)
+    expect = c.verdict()
+    out_name = specs[1][0]
+    mode = draw(st.sampled_from(INDEX_MODES))
+    idt = draw(st.sampled_from(INT_DTYPES))
+    values = c.rng.integers(0, max(V, 1), N).astype(np.float64)
+    shape, layout = (N,), "C"
+    if mode == "range" and N:
+        values[draw(st.integers(0, N - 1))] = -1 if idt.kind == "i" and draw(st.booleans()) else V + draw(
+            st.integers(0, 2))
+    elif mode == "float":
+        idt = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    elif mode == "bool":
+        idt = np.dtype(np.bool_)
+    elif mode == "nonnative":
+        idt = idt.newbyteorder()
+    elif mode == "layout":
+        layout = draw(st.sampled_from("SR"))
+    elif mode == "2d":
+        shape, values = (N, 1), values.reshape(N, 1)
+    if mode == "alias_out":
+        # indices reinterpreting the bytes of the output (zeros: index 0)
+        idt = np.dtype(np.int64 if dtype == FLOATS[1] else np.int32)
+        tshape = specs[1][1]
+        flat = c.arena.alloc(max(prod(tshape), N), dtype)
+        flat[...] = 0.0
+        c.vals[out_name] = flat[:prod(tshape)].reshape(tshape)
+        indices = flat.view(idt)[:N]
+        expect = c.verdict()
+    else:
+        indices = c.arena.array(shape, idt, values, layout)
+        if mode == "list":
+            indices = indices.tolist()
+    iv = "ok"
+    if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu" or not indices.dtype.isnative:
+        iv = "err"
+    elif indices.shape != (N,) or not indices.flags.c_contiguous:
+        iv = "err"
+    elif N and (int(indices.min()) < 0 or int(indices.max()) >= V):
+        iv = "err"
+    elif isinstance(c.vals[out_name], np.ndarray) and np.shares_memory(indices, c.vals[out_name]):
+        iv = "err"
+    elif isinstance(c.vals[specs[0][0]], np.ndarray) and np.shares_memory(indices, c.vals[specs[0][0]]):
+        iv = "either"
+    c.vals["indices"] = indices
+    return c, worst(expect, iv), indices, specs, N, V, D, dtype
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_embedding_forward(data):
+    c, expect, indices, specs, N, V, D, dtype = _fuzz_embedding(data.draw, backward=False)
+    v = c.vals
+    args = [indices, v["W"], v["out"]]
+    cp = c.copies()
+
+    def check(result):
+        assert result is v["out"]
+        assert np.array_equal(v["out"], cp["W"][cp["indices"].astype(np.int64)], equal_nan=True)
+    run("embedding_forward", K.embedding_forward, args, ["indices", "W", "out"], c.arena, expect, check,
+        c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_embedding_backward(data):
+    c, expect, indices, specs, N, V, D, dtype = _fuzz_embedding(data.draw, backward=True)
+    v = c.vals
+    args = [indices, v["dy"], v["dW"]]
+    cp = c.copies()
+
+    def check(result):
+        assert result is v["dW"]
+        want = np.zeros((V, D), dtype)
+        np.add.at(want, cp["indices"].astype(np.int64), cp["dy"])     # in index order, as the kernel adds
+        assert np.array_equal(v["dW"], want, equal_nan=True)
+    run("embedding_backward", K.embedding_backward, args, ["indices", "dy", "dW"], c.arena, expect, check,
+        c.outputs())
 
 
 def test_zz_both_outcomes_seen():

@@ -521,21 +521,23 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
     _check_lstm_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
     raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
                        db, dgates, accum_ws)
+
+
 # -- GRU ------------------------------------------------------------------------
 
 gru_workspace_shapes = _gru.gru_workspace_shapes
 
 
-def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), alias=()):
+def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), alias=(), shapes_done=False):
     """Check the named arrays of a recurrent kernel against ``shapes``
     (:func:`gru_workspace_shapes`) and that no written array overlaps another
     argument, except the ``alias`` pairs when they are the same array.
-    ``optional`` names may be None."""
+    ``optional`` names may be None; ``shapes_done`` skips to the overlaps."""
     for names, writable in ((read, False), (written, True)):
         for name, a in names.items():
-            if a is None and name in optional:
+            if shapes_done or (a is None and name in optional):
                 continue
-            check_array(name, a, dtype=dtype, shape=shapes[prefix + name], writable=writable)
+            check_array(name, a, dtype=dtype, shape=shapes.get(prefix + name, shapes.get(name)), writable=writable)
     allowed = {frozenset(p) for p in alias}
     items = [(n, a) for n, a in list(written.items()) + list(read.items()) if a is not None]
     for i, (na, a) in enumerate(items):
@@ -549,13 +551,12 @@ def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), a
 
 
 def _gru_dims(x, W_h, x_ndim):
+    """Hidden size H from the input and ``W_h`` (H, 3H)."""
     check_array("x" if x_ndim == 3 else "x_t", x, ndim=x_ndim)
     check_array("W_h", W_h, dtype=x.dtype, ndim=2)
     H = W_h.shape[0]
-    if H == 0 or W_h.shape[1] != 3 * H:
-        raise ValueError(f"W_h must have shape (H, 3H) with H >= 1, got {W_h.shape}")
-    if 0 in x.shape:
-        raise ValueError(f"x must be non-empty, got shape {x.shape}")
+    if W_h.shape[1] != 3 * H:
+        raise ValueError(f"W_h must have shape (H, 3H), got {W_h.shape}")
     return H
 
 
@@ -599,14 +600,23 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
     s = gru_workspace_shapes(B, T, n_in, H, parts)
     written = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h, dh0=dh0, dgates=dgates,
                    dgates_h=dgates_h, step_ws=step_ws, dh_ws=dh_ws)
-    optional = ["dx"]
-    if parts > 1 and B > 1:
-        if dw_ws is None:
-            raise ValueError("dw_ws is required when parts > 1 (shape (parts - 1, (n_in + H) * 3H))")
-        written["dw_ws"] = dw_ws
     _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
                                           states=states),
-                         written, optional=optional, alias=[("dh_T", "dh0")])
+                         written, optional=["dx"], alias=[("dh_T", "dh0")])
+    if parts > 1 and B > 1:
+        # the raw kernel uses rows 0 .. active-2 of dw_ws (one per part holding rows, but the first)
+        active = -(-B // -(-B // parts))
+        width = s["dw_ws"][1]
+        if dw_ws is None:
+            raise ValueError(f"dw_ws is required when parts > 1 (shape ({parts - 1}, {width}))")
+        check_array("dw_ws", dw_ws, dtype=x.dtype, ndim=2, writable=True)
+        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
+            raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, (n_in + H) * 3H), "
+                             f"got {dw_ws.shape}")
+        written["dw_ws"] = dw_ws
+        _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
+                                              states=states),
+                             written, optional=["dx", "dw_ws"], alias=[("dh_T", "dh0")], shapes_done=True)
     raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
                      dgates, dgates_h, step_ws, dh_ws, parts, written.get("dw_ws"))
     return dx, dW_x, dW_h, db_x, db_h, dh0
@@ -622,12 +632,9 @@ def gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws):
     H = _gru_dims(x_t, W_h, 2)
     B, n_in = x_t.shape
     s = gru_workspace_shapes(B, 1, n_in, H)
-    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev),
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h),
                          dict(h=h, gates=gates, hn=hn, step_ws=step_ws), prefix="cell_",
                          alias=[("h", "h_prev")])
-    _check_kernel_arrays(s, x_t.dtype, dict(W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h), {})
-    no_overlap(h=h, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h)
-    no_overlap(gates=gates, hn=hn, step_ws=step_ws, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h)
     raw.gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws)
     return h
 
@@ -645,16 +652,10 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     H = _gru_dims(x_t, W_h, 2)
     B, n_in = x_t.shape
     s = gru_workspace_shapes(B, 1, n_in, H)
-    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, hn=hn, gates=gates, dh=dh),
-                         dict(dx_t=dx_t, dh_prev=dh_prev, dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws,
-                              accum_ws=accum_ws),
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, hn=hn, gates=gates, dh=dh),
+                         dict(dx_t=dx_t, dh_prev=dh_prev, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h,
+                              dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws),
                          prefix="cell_", optional=("dx_t", "accum_ws"), alias=[("dh_prev", "dh")])
-    _check_kernel_arrays(s, x_t.dtype, dict(W_x=W_x, W_h=W_h),
-                         dict(dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h))
-    outs = dict(dx_t=dx_t, dh_prev=dh_prev, dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws)
-    for name, a in outs.items():
-        if a is not None:
-            no_overlap(**{name: a, "dW_x": dW_x, "dW_h": dW_h, "db_x": db_x, "db_h": db_h})
     raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
                           dgates, dgates_h, dh_ws, accum_ws)
     return dh_prev

@@ -10,9 +10,11 @@ from numba import njit, prange
 
 __all__ = ["embedding_forward", "embedding_backward"]
 
-# Columns per task of the backward scatter: each task owns a column block of
-# dW, so no two threads ever add into the same element.
-_COLS = 16
+# The backward pass splits the rows of dW into at most this many tasks.  Each
+# task scans all the indices, so more tasks cost more scanning; a fixed count
+# (not the thread count, which a cached function cannot read) keeps the code
+# cacheable, and the result is the same for any count.
+_TASKS = 32
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -31,22 +33,30 @@ def embedding_forward(indices, W, out):
 def embedding_backward(indices, dy, dW):
     """``dW = 0``, then ``dW[indices[i], :] += dy[i, :]`` for i = 0, 1, ... in order.
 
-    indices (N,) int, dy (N, D), dW (V, D), overwritten.  The work is split
-    over column blocks of dW: every element of dW is added to by one thread,
-    in the order of ``indices``, so repeated indices never race and the
-    result does not depend on the number of threads.
+    indices (N,) int, dy (N, D), dW (V, D), overwritten.  The rows of dW are
+    partitioned by embedding index among the tasks: each task zeroes its rows
+    and scans all of ``indices`` in order, adding the rows of ``dy`` whose
+    index it owns.  So two threads never add into the same row, and every
+    row receives its additions in index order whatever the number of tasks
+    (and threads): the result does not depend on the thread count.
     """
     N = indices.shape[0]
     V, D = dW.shape
     zero = dW.dtype.type(0)
-    for r in prange(V):
-        for j in range(D):
-            dW[r, j] = zero
-    for k in prange((D + _COLS - 1) // _COLS):
-        j0 = k * _COLS
-        j1 = min(j0 + _COLS, D)
+    if V == 0:
+        return
+    tasks = min(V, _TASKS)
+    rows = (V + tasks - 1) // tasks
+    for p in prange(tasks):
+        v0 = p * rows
+        v1 = min(V, v0 + rows)
+        for v in range(v0, v1):
+            for j in range(D):
+                dW[v, j] = zero
         for i in range(N):
-            row = dW[indices[i]]
-            src = dy[i]
-            for j in range(j0, j1):
-                row[j] += src[j]
+            v = indices[i]
+            if v0 <= v < v1:
+                row = dW[v]
+                src = dy[i]
+                for j in range(D):
+                    row[j] += src[j]

@@ -49,10 +49,10 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 __all__ = [
-    "gru_forward",
     "gru_backward",
-    "gru_cell_forward",
     "gru_cell_backward",
+    "gru_cell_forward",
+    "gru_forward",
     "gru_workspace_shapes",
 ]
 
