@@ -592,7 +592,7 @@ class Trainer:
     def _end_epoch(self, run, state, result, hist):
         """Stage 4: the epoch's history (loss, speed, skipped steps, norms),
         validation, the progress line, then the position of the next epoch
-        and its checkpoint."""
+        and its checkpoint.  Returns whether training stops here."""
         dt, done = result.seconds, result.rows
         counted = run.n - result.skipped_rows
         hist["loss"].append(state.total / counted if counted else float("nan"))
