@@ -48,6 +48,7 @@ class Bidirectional(Layer):
         self.dtype = layer.dtype
         self.n_in = layer.n_in
         self.n_hidden = layer.n_hidden
+        self.n_out = 2 * layer.n_hidden      # output width (what Trainer's label check reads)
         self.return_sequences = layer.return_sequences
         self.params, self.grads = {}, {}
         for prefix, sub in self._subs():

@@ -137,6 +137,7 @@ def test_bidirectional_config_and_errors():
     assert repr(clone) == repr(bi) == "Bidirectional(GRU(3, 4, return_sequences=False, dtype=float32))"
     assert clone.param_shapes() == bi.param_shapes()
     assert not np.array_equal(bi.forward_layer.params["W_x"], bi.backward_layer.params["W_x"])
+    assert bi.n_hidden == 4 and bi.n_out == 8
     with pytest.raises(ValueError, match="stateful"):
         jp.Bidirectional(jp.LSTM(3, 4, stateful=True))
     with pytest.raises(TypeError, match="recurrent"):
