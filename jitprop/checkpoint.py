@@ -12,9 +12,19 @@ File format (version 1), an uncompressed NumPy ``.npz`` archive with members:
 ``params``
     the model's flat parameter vector.
 ``velocity``
-    the optimizer's momentum buffer.
+    SGD's momentum buffer (empty for other optimizers).
+``optimizer/<name>``
+    the optimizer's other per-parameter state arrays (Adam's ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq``), named in the header's optimizer
+    record under ``"arrays"``.
 ``order``
     the sample order of the epoch in progress (empty when none).
+``state/<key>/...``
+    arrays inside the training position (e.g. early stopping's best
+    parameters); the header holds ``{"__array__": member}`` in their place.
+
+A layer with state besides its parameters (Dropout's call counter) adds
+``"state"`` to its entry in ``"layers"``.
 
 No Python objects are pickled: loading never executes code from the file.
 A write goes to a temporary file in the same directory, is flushed and
@@ -81,6 +91,32 @@ def _jsonable(obj):
     return obj
 
 
+def _arrays_out(obj, path, members):
+    """``obj`` with every ndarray inside (dicts and lists) replaced by
+    ``{"__array__": member}``, the arrays put into ``members``."""
+    if isinstance(obj, np.ndarray):
+        members[path] = obj
+        return {"__array__": path}
+    if isinstance(obj, dict):
+        return {k: _arrays_out(v, f"{path}/{k}", members) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_arrays_out(v, f"{path}/{i}", members) for i, v in enumerate(obj)]
+    return obj
+
+
+def _arrays_in(obj, arrays, path):
+    """Undo :func:`_arrays_out` with the members read from ``path``."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__array__"}:
+            if obj["__array__"] not in arrays:
+                raise CheckpointError(f"{path!r} is missing the array {obj['__array__']!r}")
+            return arrays[obj["__array__"]]
+        return {k: _arrays_in(v, arrays, path) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_arrays_in(v, arrays, path) for v in obj]
+    return obj
+
+
 def save(path, model, loss, optimizer, history=None, state=None):
     """Write a model, its loss type, optimizer state, history and training
     position (a plain dict as in :class:`Checkpoint`, or None) to ``path``
@@ -89,14 +125,24 @@ def save(path, model, loss, optimizer, history=None, state=None):
     for layer in model.layers:
         if not hasattr(layer, "get_config"):
             raise TypeError(f"layer {layer!r} cannot be saved (no get_config)")
-        layers.append({"type": type(layer).__name__, "config": layer.get_config()})
+        spec = {"type": type(layer).__name__, "config": layer.get_config()}
+        layer_state = layer.state_dict()
+        if layer_state:
+            spec["state"] = layer_state
+        layers.append(spec)
     state = dict(state) if state else None
     order = np.zeros(0, np.int64)
     if state is not None and state.get("order") is not None:
         order = np.asarray(state.pop("order"), dtype=np.int64)
-    opt_header = {k: v for k, v in optimizer.state_dict().items() if k != "velocity"}
+    members = {}
+    state = _arrays_out(state, "state", members)
+    opt_arrays = optimizer.state_arrays()
+    opt_header = {k: v for k, v in optimizer.state_dict().items() if k not in opt_arrays}
     if type(optimizer).__name__ != DEFAULT_OPTIMIZER:
         opt_header["type"] = type(optimizer).__name__
+        opt_header["arrays"] = list(opt_arrays)
+        members.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+    velocity = opt_arrays.get("velocity", np.zeros(0, model.dtype))
     params = model.flat_params
     header = {
         "format": FORMAT,
@@ -116,7 +162,7 @@ def save(path, model, loss, optimizer, history=None, state=None):
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), params=params,
-                     velocity=optimizer.velocity, order=order)
+                     velocity=velocity, order=order, **members)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -171,7 +217,9 @@ def load_record(path):
         cls = LAYERS.get(spec["type"])
         if cls is None:
             raise CheckpointError(f"unknown layer type {spec['type']!r} in {path!r}")
-        built.append(cls.from_config(spec["config"]))
+        layer = cls.from_config(spec["config"])
+        layer.load_state_dict(spec.get("state", {}))
+        built.append(layer)
     model = Sequential(built, fuse=header.get("fuse", True))
     if model.flat_params.shape != arrays["params"].shape or model.dtype.name != header["dtype"]:
         raise CheckpointError(f"{path!r}: parameter vector does not fit the stored architecture")
@@ -184,8 +232,14 @@ def load_record(path):
     opt_cls = OPTIMIZERS.get(opt_name)
     if opt_cls is None:
         raise CheckpointError(f"unknown optimizer {opt_name!r} in {path!r}")
-    opt = opt_cls.from_state_dict(model, dict(o, velocity=arrays["velocity"]))
+    names = o.pop("arrays", ["velocity"])
+    opt_arrays = {k: arrays["velocity"] if k == "velocity" else arrays.get(f"optimizer/{k}") for k in names}
+    missing = [k for k, v in opt_arrays.items() if v is None]
+    if missing:
+        raise CheckpointError(f"{path!r} is missing the optimizer's {', '.join(missing)}")
+    opt = opt_cls.from_state_dict(model, dict(o, **opt_arrays))
     state = header.get("state")
     if state is not None:
+        state = _arrays_in(state, arrays, path)
         state["order"] = arrays["order"].astype(np.int64)
     return Checkpoint(model, loss_cls(), opt, header.get("history"), state)

@@ -179,7 +179,8 @@ class DistributedTrainer(Trainer):
                              f"(n_params, dtype) per rank: {everyone}")
         mpi_type = MPI.DOUBLE if dtype == np.float64 else MPI.FLOAT
         self.comm.Bcast([model.flat_params, mpi_type], root=0)
-        self.comm.Bcast([optimizer.velocity, mpi_type], root=0)
+        for buf in optimizer.state_arrays().values():
+            self.comm.Bcast([buf, mpi_type], root=0)
         # [n * grads (n_params), n * loss, n]: the one message of every step
         self._buf = np.zeros(n_params + 2, dtype=dtype)
         self._gsum = self._buf[:n_params]

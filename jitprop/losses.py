@@ -69,7 +69,7 @@ class MSELoss(Loss):
         if not target.flags.c_contiguous:
             raise ValueError("MSELoss: target must be C-contiguous")
         g, row = self._buffers(pred)
-        value = K.mse_loss(pred, target, g, row)
+        value = (K.mse_loss_serial if pred.size < K.PAR_MIN else K.mse_loss)(pred, target, g, row)
         self._g = g
         return value
 
@@ -97,6 +97,7 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("SoftmaxCrossEntropy: target must be C-contiguous")
         g, row = self._buffers(pred)
         # the kernel checks the label range before writing anything
-        value = K.softmax_cross_entropy(pred, target, g, row)
+        value = (K.softmax_cross_entropy_serial if pred.size < K.PAR_MIN else K.softmax_cross_entropy)(
+            pred, target, g, row)
         self._g = g
         return value

@@ -16,7 +16,9 @@ from ._fused import FusedMLP
 from ._threads import single_thread_blas
 from .losses import Loss
 from .model import Sequential
-from .optim import SGD
+from .optim import Optimizer
+from .schedules import LRScheduler, ReduceLROnPlateau
+from .stopping import EarlyStopping
 
 __all__ = ["Trainer", "Progress", "TrainState", "load"]
 
@@ -137,6 +139,8 @@ class _FitRun:
     xb: np.ndarray                  # batch buffers; np.take writes into their leading rows
     yb: np.ndarray
     chunk: int = 1                  # steps per fused call, grown while calls are short
+    scheduler: Optional[LRScheduler] = None          # stepped once per epoch
+    early_stopping: Optional[EarlyStopping] = None   # consulted once per epoch
 
 
 @dataclass
@@ -152,13 +156,13 @@ class _EpochResult:
 
 
 class Trainer:
-    """Runs training: epochs of shuffled minibatches, SGD steps, history.
+    """Runs training: epochs of shuffled minibatches, optimiser steps, history.
 
     Parameters
     ----------
     model : Sequential
     loss : Loss (MSELoss or SoftmaxCrossEntropy)
-    optimizer : SGD
+    optimizer : Optimizer (SGD, Adam or AdamW)
 
     Examples
     --------
@@ -171,8 +175,8 @@ class Trainer:
             raise TypeError(f"model must be a jitprop.Sequential, got {type(model).__name__}")
         if not isinstance(loss, Loss):
             raise TypeError(f"loss must be a jitprop loss (MSELoss, SoftmaxCrossEntropy), got {type(loss).__name__}")
-        if not isinstance(optimizer, SGD):
-            raise TypeError(f"optimizer must be a jitprop.SGD, got {type(optimizer).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a jitprop optimiser (SGD, Adam, AdamW), got {type(optimizer).__name__}")
         if optimizer.model is not model:
             raise ValueError("optimizer was built for a different model")
         self.model = model
@@ -296,7 +300,7 @@ class Trainer:
                              f"{y.shape[0] if y.ndim else 'none (a scalar)'}")
         if X.dtype.kind not in "fiub":
             raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
-        X = np.ascontiguousarray(X, dtype=self.model.dtype)
+        X = self.model.as_input(X, name)
         y = _as_targets(self.loss, y, self.model.dtype)
         if self.loss.classification:
             n_classes = _n_outputs(self.model)
@@ -309,8 +313,9 @@ class Trainer:
     # -- training -------------------------------------------------------------------
     def fit(self, X, y, epochs=10, batch_size=64, shuffle=True, seed=0, validation_data=None,
             progress=True, track_gradients=False, on_nonfinite="raise", checkpoint=None,
-            checkpoint_every=None, resume=False, callback=None, use_fused=True):
-        """Train the model.
+            checkpoint_every=None, resume=False, callback=None, use_fused="auto", scheduler=None,
+            early_stopping=None):
+        """Train the model (in training mode: see :meth:`jitprop.Sequential.train`).
 
         Parameters
         ----------
@@ -357,30 +362,58 @@ class Trainer:
             run.
         callback : callable, optional
             ``callback(trainer, epoch, step, loss)`` after every step.
-        use_fused : bool, default True
+        use_fused : "auto", True or False, default "auto"
             For a model of Dense and activation layers, run many training
             steps per compiled call (:func:`jitprop.kernels.raw.mlp_train_steps`)
             instead of one Python call per layer: same kernels in the same
             order, so bitwise the same result, with far less Python overhead.
             Used unless ``callback``, ``track_gradients`` or
-            ``on_nonfinite="skip"`` need per-step Python code.
+            ``on_nonfinite="skip"`` need per-step Python code (SGD, Adam and
+            AdamW; a model with Dropout runs layer by layer).  With
+            ``"auto"``, a short run (at most 100,000 steps) whose batch is
+            one part and whose fused kernel is not compiled or cached yet
+            starts layer by layer while a background process compiles the
+            fused kernel into the cache (``JITPROP_BACKGROUND_COMPILE=0``
+            turns that off), and switches to it once it is there; ``True``
+            compiles it before the first step.
+        scheduler : LRScheduler, optional
+            A learning-rate schedule of this trainer's optimiser (e.g.
+            :class:`~jitprop.CosineAnnealingLR`), stepped once at the end of
+            every epoch; :class:`~jitprop.ReduceLROnPlateau` gets ``val_loss``
+            when there is validation data, else the training loss.  Its state
+            goes into checkpoints; on resume, pass a schedule built the same
+            way and it continues from the stored state.
+        early_stopping : EarlyStopping, optional
+            Stop when its monitored quantity has not improved for its
+            ``patience`` epochs (and, with ``restore_best``, end with the
+            parameters of the best epoch).  Its state goes into checkpoints;
+            a resumed run that had stopped does not train further.
 
         Returns
         -------
         dict
             Per-epoch lists: ``"loss"`` (mean training loss), ``"samples_per_s"``,
-            ``"time"`` (seconds), and with validation data ``"val_loss"`` and,
-            for classification, ``"val_accuracy"``.
+            ``"time"`` (seconds), with a scheduler ``"lr"`` (the learning rate
+            of the epoch's steps), and with validation data ``"val_loss"`` and,
+            for classification, ``"val_accuracy"``.  With early stopping,
+            ``"best_epoch"`` and ``"stopped_epoch"`` (0-based epoch indices,
+            ``stopped_epoch`` None when it did not stop).
         """
         self._check_fit_args(epochs, batch_size, on_nonfinite, checkpoint, checkpoint_every)
+        self._check_epoch_hooks(scheduler, early_stopping, validation_data)
         run = self._setup_run(X, y, epochs, batch_size, shuffle, validation_data, progress, track_gradients,
                               on_nonfinite, checkpoint, checkpoint_every, callback, use_fused)
+        run.scheduler, run.early_stopping = scheduler, early_stopping
         state = self._begin(run, seed, resume)
         hist = self.history
         for epoch in range(state.epoch, run.epochs):
+            if early_stopping is not None and early_stopping.stopped_epoch is not None:
+                break  # a resumed run that had already stopped
             state.epoch = epoch
             result = self._run_epoch(run, state)
-            self._end_epoch(run, state, result, hist)
+            if self._end_epoch(run, state, result, hist):
+                break
+        self._finish(run, hist)
         return hist
 
     # -- the stages of fit ----------------------------------------------------------
@@ -398,6 +431,22 @@ class Trainer:
         if checkpoint_every is not None and checkpoint is None:
             raise ValueError("checkpoint_every needs checkpoint=path")
 
+    def _check_epoch_hooks(self, scheduler, early_stopping, validation_data):
+        """Stage 1 (continued): the schedule and early stopping fit this trainer and data."""
+        if scheduler is not None:
+            if not isinstance(scheduler, LRScheduler):
+                raise TypeError(f"scheduler must be a jitprop schedule (StepLR, CosineAnnealingLR, LinearLR, "
+                                f"ReduceLROnPlateau), got {type(scheduler).__name__}")
+            if scheduler.optimizer is not self.optimizer:
+                raise ValueError("scheduler was built for a different optimizer")
+        if early_stopping is not None:
+            if not isinstance(early_stopping, EarlyStopping):
+                raise TypeError(f"early_stopping must be a jitprop.EarlyStopping, got {type(early_stopping).__name__}")
+            if early_stopping.monitor.startswith("val_") and validation_data is None:
+                raise ValueError(f"early_stopping monitors {early_stopping.monitor!r}, which needs validation_data")
+            if early_stopping.monitor == "val_accuracy" and not self.loss.classification:
+                raise ValueError("early_stopping monitors 'val_accuracy', which needs a classification loss")
+
     def _setup_run(self, X, y, epochs, batch_size, shuffle, validation_data, progress, track_gradients,
                    on_nonfinite, checkpoint, checkpoint_every, callback, use_fused):
         """Stage 1 (continued): the data checked and converted once, the
@@ -410,10 +459,13 @@ class Trainer:
             validation = self._prepare(*validation_data, name="X_val")
         n = X.shape[0]
         bs = int(min(batch_size, n))
+        self.model.train()  # fit trains: dropout on (evaluate switches it off for validation)
         _threads.warn_if_unsafe_layer()
         fused = None
         if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable():
             fused = FusedMLP.build(self, X, y, bs)
+            if fused is not None:
+                fused.start(use_fused, math.ceil(n / bs) * int(epochs))
         return _FitRun(X=X, y=y, validation=validation, epochs=int(epochs), n=n, bs=bs, steps=math.ceil(n / bs),
                        shuffle=shuffle, on_nonfinite=on_nonfinite, progress=progress, callback=callback,
                        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -442,6 +494,14 @@ class Trainer:
             if state.order.shape != (n,):
                 raise ValueError("cannot resume: the checkpoint's sample order does not match the data")
             hist = self.history
+            if run.scheduler is not None and st.get("scheduler") is not None:
+                run.scheduler.load_state_dict(st["scheduler"])
+            if run.early_stopping is not None:
+                if st.get("early_stopping") is None:
+                    raise ValueError("cannot resume with early_stopping: the checkpoint was made without it")
+                run.early_stopping.load_state_dict(st["early_stopping"], self.model)
+        elif run.early_stopping is not None:
+            run.early_stopping.reset(self.model)
         if hist is None:
             hist = {"loss": [], "samples_per_s": [], "time": []}
             if run.validation is not None:
@@ -450,6 +510,8 @@ class Trainer:
                     hist["val_accuracy"] = []
             if run.on_nonfinite == "skip":
                 hist["skipped_steps"] = []
+        if run.scheduler is not None:
+            hist.setdefault("lr", [])
         if run.norms is not None:
             hist.setdefault("grad_norms", [])
             hist.setdefault("param_norms", [])
@@ -462,6 +524,9 @@ class Trainer:
         with mid-epoch checkpoints and the progress bar."""
         n, bs, steps, epoch = run.n, run.bs, run.steps, state.epoch
         X, y, order = run.X, run.y, state.order
+        fused, policy, callback = run.fused, run.on_nonfinite, run.callback
+        xb, yb = run.xb, run.yb
+        checkpoint, every = run.checkpoint, run.checkpoint_every
         norms = run.norms
         step_norms = None if norms is None else (norms.offsets, norms.step_norms)
         first_step = state.step
@@ -476,15 +541,15 @@ class Trainer:
         total = state.total
         k = first_step
         while k < steps:
-            if run.fused is not None:
+            if run.fused is not None and run.fused.active():
                 # many steps in one compiled call; stop at checkpoint
                 # boundaries and often enough to redraw the progress bar
                 k_end = min(steps, k + run.chunk)
-                if run.checkpoint_every is not None:
-                    k_end = min(k_end, (k // run.checkpoint_every + 1) * run.checkpoint_every)
+                if every is not None:
+                    k_end = min(k_end, (k // every + 1) * every)
                 tc = time.perf_counter()
-                done = run.fused.run(order, k, k_end, run.on_nonfinite != "ignore")
-                losses = run.fused.losses
+                done = fused.run(order, k, k_end, policy != "ignore")
+                losses = fused.losses
                 for j in range(done):
                     total += float(losses[j]) * min(bs, n - (k + j) * bs)
                 if done < k_end - k:
@@ -497,12 +562,12 @@ class Trainer:
                 idx = self._shard(order[s:s + bs])
                 m = idx.shape[0]
                 if m == bs:
-                    xk, yk = run.xb, run.yb
+                    xk, yk = xb, yb
                 else:
-                    xk, yk = run.xb[:m], run.yb[:m]
+                    xk, yk = xb[:m], yb[:m]
                 np.take(X, idx, axis=0, out=xk)
                 np.take(y, idx, axis=0, out=yk)
-                value = self._checked_step(xk, yk, epoch, k, run.on_nonfinite, step_norms)
+                value = self._checked_step(xk, yk, epoch, k, policy, step_norms)
                 if value is None:
                     skipped += 1
                     skipped_rows += min(bs, n - s)
@@ -510,11 +575,10 @@ class Trainer:
                     total += value * min(bs, n - s)  # rows of the global batch
                     if norms is not None:
                         norms.sums += norms.step_norms
-                if run.callback is not None:
-                    run.callback(self, epoch, k, value)
+                if callback is not None:
+                    callback(self, epoch, k, value)
                 k += 1
-            if run.checkpoint is not None and run.checkpoint_every is not None and k % run.checkpoint_every == 0 \
-                    and k < steps:
+            if checkpoint is not None and every is not None and k % every == 0 and k < steps:
                 state.step, state.total = k, total
                 self._save_position(run, state)
             if bar is not None:
@@ -528,7 +592,7 @@ class Trainer:
     def _end_epoch(self, run, state, result, hist):
         """Stage 4: the epoch's history (loss, speed, skipped steps, norms),
         validation, the progress line, then the position of the next epoch
-        and its checkpoint."""
+        and its checkpoint.  Returns whether training stops here."""
         dt, done = result.seconds, result.rows
         counted = run.n - result.skipped_rows
         hist["loss"].append(state.total / counted if counted else float("nan"))
@@ -554,20 +618,46 @@ class Trainer:
             if "accuracy" in ev:
                 hist["val_accuracy"].append(ev["accuracy"])
                 info += f" val_acc {ev['accuracy']:.4f}"
+        if run.scheduler is not None:
+            hist["lr"].append(self.optimizer.lr)
         if result.bar is not None:
             result.bar.close(info)
-        # Hook points of this stage, after the epoch's history and validation and
-        # before its checkpoint (so the checkpoint holds their effect):
-        # - a learning-rate schedule steps here;
-        # - early stopping decides here (and fit's epoch loop then ends).
+        # after the epoch's history and validation, before its checkpoint (so
+        # the checkpoint holds their effect)
+        stop = self._schedule_and_stop(run, state.epoch, hist)
         state.epoch, state.step, state.total = state.epoch + 1, 0, 0.0
         if run.checkpoint is not None:
             # the order is kept: the next epoch's shuffle permutes it in place
             self._save_position(run, state)
+        return stop
+
+    def _schedule_and_stop(self, run, epoch, hist):
+        """Stage 4 (continued): step the learning-rate schedule and ask early
+        stopping; returns whether training stops after this epoch."""
+        if run.scheduler is not None:
+            if isinstance(run.scheduler, ReduceLROnPlateau):
+                run.scheduler.step(hist["val_loss"][-1] if run.validation is not None else hist["loss"][-1])
+            else:
+                run.scheduler.step()
+        es = run.early_stopping
+        if es is None:
+            return False
+        return es.update(epoch, hist[es.monitor][-1], self.model)
+
+    def _finish(self, run, hist):
+        """Stage 6: early stopping's summary, and the best parameters put back."""
+        es = run.early_stopping
+        if es is not None:
+            hist["best_epoch"], hist["stopped_epoch"] = es.best_epoch, es.stopped_epoch
+            es.restore(self.model)
 
     def _save_position(self, run, state):
         """Stage 5: checkpoint the trainer at ``state``."""
         self._position = state.record()
+        if run.scheduler is not None:
+            self._position["scheduler"] = run.scheduler.state_dict()
+        if run.early_stopping is not None:
+            self._position["early_stopping"] = run.early_stopping.state_dict()
         self.save(run.checkpoint)
 
     # -- checkpoints ----------------------------------------------------------------
@@ -588,7 +678,8 @@ class Trainer:
         return trainer
 
     def evaluate(self, X, y, batch_size=1024):
-        """Loss (and accuracy for classification) on a data set.
+        """Loss (and accuracy for classification) on a data set, in
+        evaluation mode (dropout off).
 
         Returns
         -------
@@ -600,13 +691,14 @@ class Trainer:
         n = X.shape[0]
         total = 0.0
         correct = 0
-        for s in range(0, n, batch_size):
-            xb = X[s:s + batch_size]
-            yb = y[s:s + batch_size]
-            pred = self.model.forward(xb)
-            total += self.loss.forward(pred, yb) * xb.shape[0]
-            if self.loss.classification:
-                correct += int(np.count_nonzero(pred.argmax(axis=1) == yb))
+        with self.model.eval_mode():  # dropout off
+            for s in range(0, n, batch_size):
+                xb = X[s:s + batch_size]
+                yb = y[s:s + batch_size]
+                pred = self.model.forward(xb)
+                total += self.loss.forward(pred, yb) * xb.shape[0]
+                if self.loss.classification:
+                    correct += int(np.count_nonzero(pred.argmax(axis=1) == yb))
         out = {"loss": total / n}
         if self.loss.classification:
             out["accuracy"] = correct / n

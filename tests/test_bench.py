@@ -113,3 +113,32 @@ def test_floor_report_runs(tmp_path):
     f = doc["floor"]["mlp-small"]
     assert len(f["products"]) == 5 and f["seconds_per_step"] > 0
     assert f["max_samples_per_s"] == 64 / f["seconds_per_step"]
+
+
+def test_gru_workloads_and_jax_peer_compute_the_jitprop_gru():
+    """The JAX peer's GRU scan gives the same first-step loss as jitprop's
+    GRU workload model with the same weights (the peer's init order:
+    W_x, W_h, b_x, b_h, W_out, b_out from default_rng(0))."""
+    import pytest
+
+    pytest.importorskip("jax")
+    from jitprop.bench import peers, workloads
+
+    for name, H in (("gru-small", 64), ("gru-mid", 256)):
+        spec = bench.WORKLOADS[name]
+        assert spec["kind"] == "gru" and spec["hidden"] == H and spec["T"] == 50
+        labels = [p[0] for p in workloads.step_products(spec)]
+        assert labels[0] == "gru x@W_x (all steps)"
+        assert workloads.step_products(spec)[1][3] == 3 * H          # h @ W_h is (B, H) @ (H, 3H)
+    spec = dict(bench.WORKLOADS["gru-small"], T=5, batch=3, n_batches=1, n_in=4, hidden=6, n_out=2)
+    data = workloads.make_data(spec)
+    step, _ = peers.make_jax_step(spec, data, 1)
+    jax_loss = float(step(0))
+    model, loss = workloads.build_model(spec)
+    gru, dense = model.layers
+    rng = np.random.default_rng(0)
+    for layer, name, fan_in in ((gru, "W_x", 6), (gru, "W_h", 6), (gru, "b_x", 6), (gru, "b_h", 6),
+                                (dense, "W", 6), (dense, "b", 6)):
+        layer.params[name][...] = peers._uniform_init(rng, fan_in, layer.params[name].shape)
+    ours = loss.forward(model.forward(data["X"][0]), data["Y"][0])
+    assert abs(ours - jax_loss) < 1e-5 * max(1.0, abs(ours))

@@ -15,12 +15,8 @@ XLA_FLAGS thread options. Each worker prints one JSON line that the parent
 collects; the measured process CPU-time / wall-time ratio is reported as a
 check that the thread count held.
 
-Timing: the first step (which includes JIT compilation) is timed alone and
-reported as ``first_step_s``; then warm-up steps in doubling chunks estimate the
-step time; then a fixed number of steps lasting about ``--seconds`` is timed
-with ``time.perf_counter`` (synchronising at the end of the region), repeated
-3 times, and the BEST repeat gives ``samples_per_s = batch * steps / time``
-(the median is reported too).
+Timing (first step alone, warm-up in doubling chunks, best of timed repeats):
+see :mod:`jitprop.bench.worker`.
 
 The data is synthetic, generated once per workload from a fixed seed (a few
 batches, cycled) by the same code in every worker, so all frameworks train on
@@ -35,13 +31,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 from .worker import GEMM_N, MARK, blas_info
 from .workloads import WORKLOADS, train_step_flops
-
 
 FRAMEWORKS = ("jitprop", "torch", "jax")
 GFLOPS_WORKLOADS = ("mlp-wide",)   # workloads whose training-step GFLOP/s is printed
@@ -214,7 +208,7 @@ def format_table(results, frameworks, gemm):
     out.append("  ".join("-" * w for w in widths))
     for cells in lines:
         out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
-    out.append("(samples/s = batch*steps/time, best of repeats; an LSTM sample is one sequence; "
+    out.append("(samples/s = batch*steps/time, best of repeats; a recurrent (LSTM/GRU) sample is one sequence; "
                "own cpu/wall = cores the worker used while timed; other load = cores busy with "
                "other processes meanwhile, where > 0.2 the row is disturbed)")
 
@@ -284,8 +278,9 @@ def build_parser():
                         "training step alone with numpy's BLAS on 1 thread; their sum bounds the "
                         "samples/s any framework can reach on 1 thread with that BLAS")
     p.add_argument("--startup", action="store_true",
-                   help="instead of throughput: time a new process that imports jitprop and runs its "
-                        "first mlp-small training step, with an empty and with a warm compile cache")
+                   help="instead of throughput: time whole processes running the README's job (digits "
+                        "64-64-10, 40 epochs): jitprop with an empty and with a warm compile cache, and "
+                        "scikit-learn, PyTorch and JAX when installed")
     return p
 
 
@@ -324,49 +319,6 @@ def _measure_one(wl, fw, th, args, pin, say):
     return row
 
 
-_STARTUP_CODE = """
-import time
-t0 = time.perf_counter()
-import numpy as np
-import jitprop as jp
-t1 = time.perf_counter()
-rng = np.random.default_rng(0)
-X = rng.standard_normal((64, 784)).astype(np.float32)
-y = rng.integers(0, 10, 64)
-model = jp.Sequential([jp.Dense(784, 128, seed=0), jp.ReLU(), jp.Dense(128, 10, seed=1)])
-trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.01))
-trainer.fit(X, y, epochs=1, batch_size=64, progress=False)
-t2 = time.perf_counter()
-print("STARTUP %.4f %.4f" % (t1 - t0, t2 - t0))
-"""
-
-
-def startup(say, repeats=3):
-    """Time new processes: import jitprop, then the first mlp-small training
-    step through ``Trainer.fit``; with an empty Numba cache (cold: everything
-    compiles) and with the cache that run filled (warm).  Returns a dict."""
-    import tempfile
-
-    out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for label in ["cold"] + ["warm"] * repeats:
-            t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", _STARTUP_CODE], env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if r.returncode != 0:
-                raise SystemExit(r.stderr[-2000:])
-            imp, first = (float(v) for v in r.stdout.split("STARTUP")[1].split())
-            best = out.get(label)
-            if best is None or wall < best["process_s"]:
-                out[label] = {"process_s": wall, "import_s": imp, "import_and_first_step_s": first}
-    for label in ("cold", "warm"):
-        o = out[label]
-        say("%-4s cache: whole process %.2f s (import jitprop %.2f s, import + first mlp-small step %.2f s)"
-            % (label, o["process_s"], o["import_s"], o["import_and_first_step_s"]))
-    return out
-
-
 def floor_report(workloads, pin, timeout, say):
     """Run the products-floor worker and print its table; returns its dict."""
     r = run_worker({"job": "floor", "workloads": workloads}, 1, pin, timeout)
@@ -400,51 +352,10 @@ def _write_json(path, doc, indent=1):
             f.write(text)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "sklearn" in _vs_value(argv):  # a comparison of its own: jitprop.bench.vs_sklearn
-        from .vs_sklearn import main as vs_sklearn_main
-
-        return vs_sklearn_main(argv)
-    args = build_parser().parse_args(argv)
-    if args.floor:
-        workloads = _parse_list(args.workloads, WORKLOADS, "workload")
-        fl = floor_report(workloads, not args.no_pin, args.timeout, lambda m: print(m, flush=True))
-        if args.json:
-            _write_json(args.json, {"floor": fl, "meta": collect_metadata(args, [], [])})
-        return 0
-    if args.startup:
-        res = startup(lambda m: print(m, flush=True))
-        if args.json:
-            _write_json(args.json, {"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
-        return 0
-    if args.seconds is None:
-        args.seconds = 0.3 if args.quick else 2.0
-    workloads = _parse_list(args.workloads, WORKLOADS, "workload")
-    if args.threads:
-        threads = [int(t) for t in _parse_list(args.threads)]
-    else:
-        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        threads = sorted({1, ncpu or 1})
-    if any(t < 1 for t in threads):
-        raise SystemExit("thread counts must be >= 1")
-    ncpu_avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    requested = _parse_list(args.vs, ("torch", "jax"), "peer") if args.vs else []
-    peers = [f for f in requested if _peer_available(f)]
-    missing = [f for f in requested if f not in peers]
-    frameworks = ["jitprop"] + peers
-
-    report = sys.stderr if args.json == "-" else sys.stdout
-
-    def say(msg):
-        print(msg, file=report, flush=True)
-
-    for f in missing:
-        say("note: %s is not importable; reporting without it" % f)
-    for th in threads:
-        if ncpu_avail and th > ncpu_avail:
-            say("note: %d threads > %d available CPUs: that run is oversubscribed" % (th, ncpu_avail))
-
+def _sweep(args, workloads, threads, frameworks, say):
+    """Every (workload, threads, framework) measurement, ``args.rounds`` times
+    interleaved, and numpy's SGEMM where GFLOP/s are reported; returns the
+    best row of each over the rounds: ``(best_rows, gemm_rows)``."""
     gemm_repeats = 3 if args.quick else 5
     need_gemm = any(w in GFLOPS_WORKLOADS for w in workloads)
     pin = not args.no_pin
@@ -476,8 +387,13 @@ def main(argv=None):
                     if old is None or (row.get("samples_per_s") or 0) > (old.get("samples_per_s") or 0):
                         best_rows[key] = row
                     best_rows[key]["samples_per_s_rounds"] = rates
+    return best_rows, gemm_rows
 
-    gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
+
+def _results(workloads, threads, frameworks, best_rows, gemm_rows, gemm):
+    """The result rows in report order, with GFLOP/s, the fraction of SGEMM
+    (``gemm``: GFLOP/s per thread count) and jitprop's ratio to the best peer
+    filled in."""
     results = []
     for wl in workloads:
         flops = train_step_flops(WORKLOADS[wl])
@@ -498,6 +414,59 @@ def main(argv=None):
                 jp_row["best_peer"] = best["framework"]
                 jp_row["ratio_vs_best_peer"] = jp_row["samples_per_s"] / best["samples_per_s"]
             results.extend(group)
+    return results
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "sklearn" in _vs_value(argv):  # a comparison of its own: jitprop.bench.vs_sklearn
+        from .vs_sklearn import main as vs_sklearn_main
+
+        return vs_sklearn_main(argv)
+    args = build_parser().parse_args(argv)
+    if args.floor:
+        workloads = _parse_list(args.workloads, WORKLOADS, "workload")
+        fl = floor_report(workloads, not args.no_pin, args.timeout, lambda m: print(m, flush=True))
+        if args.json:
+            _write_json(args.json, {"floor": fl, "meta": collect_metadata(args, [], [])})
+        return 0
+    if args.startup:
+        from .startup import startup
+
+        res = startup(lambda m: print(m, flush=True))
+        if args.json:
+            _write_json(args.json, {"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
+        return 0
+    if args.seconds is None:
+        args.seconds = 0.3 if args.quick else 2.0
+    workloads = _parse_list(args.workloads, WORKLOADS, "workload")
+    if args.threads:
+        threads = [int(t) for t in _parse_list(args.threads)]
+    else:
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = sorted({1, ncpu or 1})
+    if any(t < 1 for t in threads):
+        raise SystemExit("thread counts must be >= 1")
+    ncpu_avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    requested = _parse_list(args.vs, ("torch", "jax"), "peer") if args.vs else []
+    peers = [f for f in requested if _peer_available(f)]
+    missing = [f for f in requested if f not in peers]
+    frameworks = ["jitprop"] + peers
+
+    report = sys.stderr if args.json == "-" else sys.stdout
+
+    def say(msg):
+        print(msg, file=report, flush=True)
+
+    for f in missing:
+        say("note: %s is not importable; reporting without it" % f)
+    for th in threads:
+        if ncpu_avail and th > ncpu_avail:
+            say("note: %d threads > %d available CPUs: that run is oversubscribed" % (th, ncpu_avail))
+
+    best_rows, gemm_rows = _sweep(args, workloads, threads, frameworks, say)
+    gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
+    results = _results(workloads, threads, frameworks, best_rows, gemm_rows, gemm)
 
     say("")
     say(format_table(results, frameworks, gemm))
