@@ -380,7 +380,8 @@ class Trainer:
         for epoch in range(state.epoch, run.epochs):
             state.epoch = epoch
             result = self._run_epoch(run, state)
-            self._end_epoch(run, state, result, hist)
+            if self._end_epoch(run, state, result, hist):
+                break
         return hist
 
     # -- the stages of fit ----------------------------------------------------------
@@ -530,7 +531,7 @@ class Trainer:
     def _end_epoch(self, run, state, result, hist):
         """Stage 4: the epoch's history (loss, speed, skipped steps, norms),
         validation, the progress line, then the position of the next epoch
-        and its checkpoint."""
+        and its checkpoint.  Returns whether training stops here."""
         dt, done = result.seconds, result.rows
         counted = run.n - result.skipped_rows
         hist["loss"].append(state.total / counted if counted else float("nan"))
@@ -561,11 +562,13 @@ class Trainer:
         # Hook points of this stage, after the epoch's history and validation and
         # before its checkpoint (so the checkpoint holds their effect):
         # - a learning-rate schedule steps here;
-        # - early stopping decides here (and fit's epoch loop then ends).
+        # - early stopping decides here, setting ``stop``.
+        stop = False
         state.epoch, state.step, state.total = state.epoch + 1, 0, 0.0
         if run.checkpoint is not None:
             # the order is kept: the next epoch's shuffle permutes it in place
             self._save_position(run, state)
+        return stop
 
     def _save_position(self, run, state):
         """Stage 5: checkpoint the trainer at ``state``."""

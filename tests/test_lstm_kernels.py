@@ -703,6 +703,12 @@ def test_checked_entry_points_name_the_bad_argument():
     with pytest.raises(ValueError, match="parts must be >= 1"):
         K.lstm_forward(*fwd, 0)
     K.lstm_forward(*fwd[:7], p["h0"], p["c0"], *fwd[9:])     # h_T is h0, c_T is c0: allowed
+    run_forward(p, ws)
+    bwd = [p["x"], p["W_x"], p["W_h"], p["dh_seq"], p["dh_T"], p["dc_T"], ws["gates"], ws["states"], None,
+           ws["dW_x"], ws["dW_h"], ws["db"], ws["dh0"], ws["dc0"], ws["dgates"], ws["step_ws"]]
+    K.lstm_backward(*bwd)                                     # dx None: skipped, allowed
+    with pytest.raises(TypeError, match="dW_x must be a numpy.ndarray, got NoneType"):
+        K.lstm_backward(*bwd[:9], None, *bwd[10:])            # only dx may be None
     cell = L.lstm_workspace_shapes(B, 1, n_in, H)
     c = {k: np.zeros(v) for k, v in cell.items()}
     with pytest.raises(ValueError, match=r"tanh_c must have shape \(2, 4\)"):

@@ -334,13 +334,13 @@ def _lstm_dims(x_name, x, ndim, W_h):
     return dt, H
 
 
-def _check_lstm_arrays(shapes, dt, reads, writes, prefix=""):
+def _check_lstm_arrays(shapes, dt, reads, writes, prefix="", optional=()):
     """Check every named array against ``shapes[prefix + name]``; outputs
-    (``writes``, None entries skipped) must be writable."""
+    (``writes``) must be writable; those named in ``optional`` may be None."""
     for name, a in reads.items():
         check_array(name, a, dtype=dt, shape=shapes[prefix + name])
     for name, a in writes.items():
-        if a is not None:
+        if a is not None or name not in optional:
             check_array(name, a, dtype=dt, shape=shapes[prefix + name], writable=True)
 
 
@@ -380,14 +380,15 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h
     shapes = lstm_workspace_shapes(B, T, n_in, H)
     reads = dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, dc_T=dc_T, gates=gates, states=states)
     writes = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db=db, dh0=dh0, dc0=dc0, dgates=dgates, step_ws=step_ws)
-    _check_lstm_arrays(shapes, dt, reads, writes)
+    _check_lstm_arrays(shapes, dt, reads, writes, optional=("dx",))
     parts = check_int("parts", parts, 1)
     if parts > 1 and B > 1:
-        if dw_ws is None:
-            raise ValueError("lstm_backward: parts > 1 needs dw_ws")
         rows = -(-B // parts)
         active = -(-B // rows)   # parts that hold rows
         width = (n_in + H) * 4 * H
+        if dw_ws is None:
+            raise ValueError(f"dw_ws must be an array of shape ({parts - 1}, {width}) (parts - 1, n_in*4H + H*4H) "
+                             "when parts > 1, got None")
         check_array("dw_ws", dw_ws, dtype=dt, ndim=2, writable=True)
         if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
             raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, n_in*4H + H*4H), "
@@ -422,7 +423,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
     shapes = lstm_workspace_shapes(B, 1, n_in, H)
     reads = dict(x_t=x_t, h_prev=h_prev, c_prev=c_prev, gates=gates, tanh_c=tanh_c, dh=dh, dc=dc)
     writes = dict(dx_t=dx_t, dh_prev=dh_prev, dc_prev=dc_prev, dgates=dgates, accum_ws=accum_ws)
-    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_")
+    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_", optional=("dx_t", "accum_ws"))
     weights = dict(W_x=W_x, W_h=W_h)
     grads = dict(dW_x=dW_x, dW_h=dW_h, db=db)
     _check_lstm_arrays(shapes, dt, weights, grads)
