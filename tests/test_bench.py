@@ -114,3 +114,39 @@ def test_floor_report_runs(tmp_path):
     f = doc["floor"]["mlp-small"]
     assert len(f["products"]) == 5 and f["seconds_per_step"] > 0
     assert f["max_samples_per_s"] == 64 / f["seconds_per_step"]
+
+
+def _lib(api, internal, version, arch, path):
+    return {"user_api": api, "internal_api": internal, "version": version, "architecture": arch,
+            "owner": "scipy" if "scipy.libs" in path else "numpy" if "numpy.libs" in path else "",
+            "filepath": path, "num_threads": 1}
+
+
+def test_runtime_lines_name_each_blas_kernel_set_once_per_framework():
+    from jitprop.bench import cli
+
+    scipy_ob = _lib("blas", "openblas", "0.3.30", "SkylakeX", "/x/scipy.libs/libscipy_openblas.so")
+    numpy_ob = _lib("blas", "openblas", "0.3.31", "Haswell", "/x/numpy.libs/libscipy_openblas64_.so")
+    gomp = _lib("openmp", "openmp", None, None, "/x/libgomp.so.1")
+    rows = [
+        {"framework": "jitprop", "blas": [scipy_ob, numpy_ob, gomp],
+         "kernels": {"numba": "0.68.1", "llvm_cpu": "znver4"}},
+        # the same libraries in another order: the same set, one line
+        {"framework": "jitprop", "blas": [gomp, numpy_ob, scipy_ob],
+         "kernels": {"numba": "0.68.1", "llvm_cpu": "znver4"}},
+        {"framework": "torch", "blas": [gomp], "kernels": {"blas": "mkl", "cpu_capability": "AVX512"}},
+    ]
+    gemm = [{"framework": "numpy-sgemm", "blas": [numpy_ob]}]
+    lines = cli.format_runtime(rows, gemm)
+    assert lines[0].startswith("Libraries and kernel sets")
+    body = lines[1:]
+    assert len(body) == 3
+    assert body[0].split()[0] == "numpy-sgemm" and "openblas 0.3.31 Haswell (numpy)" in body[0]
+    assert body[1].split()[0] == "jitprop"
+    assert "openblas 0.3.30 SkylakeX (scipy)" in body[1] and "openblas 0.3.31 Haswell (numpy)" in body[1]
+    assert "llvm_cpu znver4" in body[1]
+    assert body[2].split()[0] == "torch" and "blas mkl" in body[2] and "cpu_capability AVX512" in body[2]
+    # a process with a different kernel set gets its own line
+    rows.append({"framework": "jitprop", "blas": [dict(scipy_ob, architecture="Haswell")],
+                 "kernels": {"numba": "0.68.1", "llvm_cpu": "znver4"}})
+    assert len(cli.format_runtime(rows, gemm)) == 5

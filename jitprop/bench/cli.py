@@ -22,6 +22,15 @@ with ``time.perf_counter`` (synchronising at the end of the region), repeated
 3 times, and the BEST repeat gives ``samples_per_s = batch * steps / time``
 (the median is reported too).
 
+Every round first measures numpy's SGEMM rate (GEMM_N^3 float32, best of a
+few) in a worker at each thread count, so that each workload's efficiency is
+taken against the machine's products rate in the same run. Every worker
+reports the BLAS/OpenMP libraries its process loaded (threadpoolctl's
+``internal_api``, ``version`` and ``architecture``: the kernel set OpenBLAS
+picked) and the framework's own kernels (jitprop: Numba's LLVM target CPU;
+PyTorch: its BLAS and CPU capability; JAX: the XLA backend); the report
+lists them per framework.
+
 The data is synthetic, generated once per workload from a fixed seed (a few
 batches, cycled) by the same code in every worker, so all frameworks train on
 identical arrays.
@@ -278,6 +287,66 @@ def build_parser():
     return p
 
 
+def measure_gemm(threads, repeats, pin, timeout, say):
+    """numpy's SGEMM rate (GEMM_N^3, best of ``repeats``) in a worker with
+    ``threads`` threads: the machine's products rate in this run, the
+    denominator of every efficiency.  Returns a result row or None."""
+    g = run_worker({"job": "gemm", "gemm_repeats": repeats}, threads, pin, timeout)
+    if not g.get("ok"):
+        say("numpy sgemm %d thread%s failed: %s" % (threads, "" if threads == 1 else "s",
+                                                     g.get("error")))
+        return None
+    say("numpy sgemm %d^3 %d thread%s: %.1f GFLOP/s (best of %d)" % (
+        GEMM_N, threads, "" if threads == 1 else "s", g["gflops"], repeats))
+    return {"workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm", "threads": threads,
+            "gflops": g["gflops"], "best_s": g["best_s"], "cpu_per_wall": g["cpu_per_wall"],
+            "blas": g.get("blas")}
+
+
+def _blas_text(libs):
+    """One line per process: each BLAS/OpenMP library threadpoolctl sees."""
+    if not isinstance(libs, list):
+        return str(libs)
+    parts = []
+    for d in libs:
+        if d.get("user_api") == "blas":
+            parts.append("%s %s %s%s" % (d.get("internal_api"), d.get("version"),
+                                         d.get("architecture") or "?",
+                                         " (%s)" % d["owner"] if d.get("owner") else ""))
+        else:
+            parts.append("%s %s" % (d.get("internal_api"), os.path.basename(d.get("filepath") or "")))
+    return ", ".join(sorted(parts)) if parts else "none loaded"
+
+
+def _kernels_text(k):
+    if not k:
+        return ""
+    return ", ".join("%s %s" % (key, val) for key, val in k.items() if val is not None)
+
+
+def format_runtime(rows, gemm_rows=()):
+    """Lines naming, per framework (and the SGEMM worker), the BLAS library and
+    kernel set its processes ran (threadpoolctl's internal_api, version and
+    architecture, plus the framework's own kernels); a framework whose
+    processes differ gets one line per distinct set."""
+    seen = {}
+    for r in list(gemm_rows) + list(rows):
+        if r.get("blas") is None and r.get("kernels") is None:
+            continue
+        text = "blas: %s" % _blas_text(r.get("blas"))
+        k = _kernels_text(r.get("kernels"))
+        if k:
+            text += "; kernels: " + k
+        seen.setdefault(r["framework"], [])
+        if text not in seen[r["framework"]]:
+            seen[r["framework"]].append(text)
+    out = ["Libraries and kernel sets per process:"]
+    for fw, texts in seen.items():
+        for t in texts:
+            out.append("  %-12s %s" % (fw, t))
+    return out
+
+
 def _measure_one(wl, fw, th, args, pin, say):
     """Run one (workload, framework, threads) worker and turn its report into a result row."""
     spec = WORKLOADS[wl]
@@ -302,6 +371,8 @@ def _measure_one(wl, fw, th, args, pin, say):
         "other_load": r.get("other_load"),
         "final_loss": r["final_loss"],
         "affinity": r.get("affinity"),
+        "blas": r.get("blas"),
+        "kernels": r.get("kernels"),
     })
     if r["final_loss"] is not None and not math.isfinite(r["final_loss"]):
         say("warning: %s %s %d threads: loss is not finite" % (wl, fw, th))
@@ -430,28 +501,21 @@ def main(argv=None):
             say("note: %d threads > %d available CPUs: that run is oversubscribed" % (th, ncpu_avail))
 
     gemm_repeats = 3 if args.quick else 5
-    need_gemm = any(w in GFLOPS_WORKLOADS for w in workloads)
     pin = not args.no_pin
     best_rows, gemm_rows = {}, {}   # key -> best row over rounds
     for rnd in range(args.rounds):
         if args.rounds > 1:
             say("-- round %d/%d --" % (rnd + 1, args.rounds))
+        for th in threads:
+            g = measure_gemm(th, gemm_repeats, pin, args.timeout, say)
+            if g is not None:
+                old = gemm_rows.get(th)
+                rates = (old or {}).get("gflops_rounds", []) + [g["gflops"]]
+                if old is None or g["gflops"] > old["gflops"]:
+                    gemm_rows[th] = g
+                gemm_rows[th]["gflops_rounds"] = rates
         for wl in workloads:
             for th in threads:
-                if need_gemm and wl in GFLOPS_WORKLOADS:
-                    g = run_worker({"job": "gemm", "gemm_repeats": gemm_repeats}, th, pin,
-                                   args.timeout)
-                    if g.get("ok"):
-                        say("numpy sgemm %d thread%s: %.1f GFLOP/s" % (
-                            th, "" if th == 1 else "s", g["gflops"]))
-                        old = gemm_rows.get(th)
-                        if old is None or g["gflops"] > old["gflops"]:
-                            gemm_rows[th] = {
-                                "workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm",
-                                "threads": th, "gflops": g["gflops"], "best_s": g["best_s"],
-                                "cpu_per_wall": g["cpu_per_wall"], "blas": g.get("blas")}
-                    else:
-                        say("numpy sgemm %d threads failed: %s" % (th, g.get("error")))
                 for fw in frameworks:
                     row = _measure_one(wl, fw, th, args, pin, say)
                     key = (wl, th, fw)
@@ -466,7 +530,7 @@ def main(argv=None):
     for wl in workloads:
         flops = train_step_flops(WORKLOADS[wl])
         for th in threads:
-            if th in gemm_rows and wl in GFLOPS_WORKLOADS and gemm_rows[th] not in results:
+            if th in gemm_rows and gemm_rows[th] not in results:
                 results.append(gemm_rows[th])
             group = [best_rows[(wl, th, fw)] for fw in frameworks]
             for row in group:
@@ -485,6 +549,9 @@ def main(argv=None):
 
     say("")
     say(format_table(results, frameworks, gemm))
+    for line in format_runtime([r for r in results if r["framework"] in FRAMEWORKS],
+                               gemm_rows.values()):
+        say(line)
     if missing:
         say("peers not available (not importable): %s" % ", ".join(missing))
 

@@ -195,21 +195,68 @@ def _numpy_gemm(repeats):
             "cpu_per_wall": cpu_per_wall}
 
 
-def blas_info():
+def blas_info(load_scipy=True):
+    """The BLAS/OpenMP libraries loaded in this process, as threadpoolctl sees
+    them (``internal_api``, ``version``, ``architecture`` = the kernel set
+    OpenBLAS chose for this CPU).  ``load_scipy`` loads SciPy's OpenBLAS first
+    (the one Numba's ``np.dot`` calls); a peer's process reports only what it
+    loaded itself."""
     try:
         import threadpoolctl
-        import scipy.linalg  # noqa: F401  (load scipy's BLAS too, to report it)
+        if load_scipy:
+            import scipy.linalg  # noqa: F401
     except Exception as e:  # pragma: no cover - depends on the environment
         return "threadpoolctl/scipy unavailable: %s" % e
     out = []
     for d in threadpoolctl.threadpool_info():
         path = d.get("filepath", "")
-        owner = "scipy" if "scipy.libs" in path else "numpy" if "numpy.libs" in path else ""
+        owner = ("scipy" if "scipy.libs" in path else "numpy" if "numpy.libs" in path
+                 else "torch" if "torch" in path else "jax" if "jax" in path else "")
         out.append({"owner": owner, "user_api": d.get("user_api"),
                     "internal_api": d.get("internal_api"), "version": d.get("version"),
                     "architecture": d.get("architecture"), "num_threads": d.get("num_threads"),
                     "threading_layer": d.get("threading_layer"), "filepath": path})
     return out
+
+
+def kernel_info(framework):
+    """What computes a framework's products and loops besides what threadpoolctl
+    sees: jitprop's LLVM target and Numba threading layer, PyTorch's BLAS
+    (statically linked MKL, invisible to threadpoolctl) and CPU capability,
+    JAX's XLA CPU backend."""
+    info = {}
+    try:
+        if framework == "jitprop":
+            import llvmlite.binding as ll
+            import numba
+
+            info["numba"] = numba.__version__
+            info["llvm_cpu"] = ll.get_host_cpu_name()
+            try:
+                info["threading_layer"] = numba.threading_layer()
+            except ValueError:
+                info["threading_layer"] = None
+        elif framework == "torch":
+            import torch
+
+            info["torch"] = torch.__version__
+            cfg = torch.__config__.show().splitlines()
+            for line in cfg:
+                if "BLAS_INFO=" in line:
+                    info["blas"] = line.split("BLAS_INFO=")[1].split(",")[0]
+                elif "Math Kernel Library Version" in line:
+                    info["mkl"] = line.split("Version", 1)[1].split("for")[0].strip()
+                elif "oneDNN" in line and "onednn" not in info:
+                    info["onednn"] = line.strip(" -")[:60]
+            info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        elif framework == "jax":
+            import jax
+
+            info["jax"] = jax.__version__
+            info["backend"] = "XLA:%s" % jax.default_backend()
+    except Exception as e:  # pragma: no cover - depends on the environment
+        info["error"] = "%s: %s" % (type(e).__name__, e)
+    return info
 
 
 def main(payload):
@@ -220,7 +267,7 @@ def main(payload):
         res["affinity"] = sorted(os.sched_getaffinity(0))
         if job == "gemm":
             res.update(_numpy_gemm(payload["gemm_repeats"]))
-            res["blas"] = blas_info()
+            res["blas"] = blas_info(load_scipy=False)
         elif job == "floor":
             res["floor"] = _products_floor(payload["workloads"])
         else:
@@ -230,6 +277,9 @@ def main(payload):
             step, sync = _make_step(job, spec, data, payload["threads"])
             res["setup_s"] = time.perf_counter() - t0
             res.update(time_steps(step, sync, payload["seconds"], payload["repeats"]))
+            # after the run, so the libraries the framework loaded lazily are there
+            res["blas"] = blas_info(load_scipy=job == "jitprop")
+            res["kernels"] = kernel_info(job)
     except BaseException as e:  # report, never hang the parent
         import traceback
         res["ok"] = False
