@@ -20,7 +20,47 @@ def test_train_step_flops_counts_three_matmuls_per_layer_two_for_first():
                 + 3 * 2 * b * 2048 * 2048    # forward, dW, dx
                 + 3 * 2 * b * 2048 * 10)
     assert bench.train_step_flops(spec) == expected
-    assert bench.train_step_flops(bench.WORKLOADS["lstm-small"]) is None
+    assert bench.train_flops_per_sample(spec) == expected / b
+
+
+def test_flops_per_sample_match_the_issue():
+    """Issue 17: forward + weight gradients + input gradients of every layer
+    but the first: 3.21 MFLOP per sample for mlp-mid, 33.7 for mlp-wide."""
+    mid = bench.train_flops_per_sample(bench.WORKLOADS["mlp-mid"])
+    wide = bench.train_flops_per_sample(bench.WORKLOADS["mlp-wide"])
+    assert round(mid / 1e6, 2) == 3.21
+    assert round(wide / 1e6, 1) == 33.7
+    macs = 784 * 512 + 512 * 512 + 512 * 10
+    assert mid == 2 * (2 * macs + 512 * 512 + 512 * 10)
+
+
+def test_lstm_flops_per_sample_follow_the_same_rule():
+    """Per time step: x@W_x, h@W_h and the head forward, the same three weight
+    gradients, and the input gradients of the recurrence and of the head (not
+    of the LSTM's input, the first layer)."""
+    for name in ("lstm-small", "lstm-mid"):
+        sp = bench.WORKLOADS[name]
+        n_in, H, n_out, T = sp["n_in"], sp["hidden"], sp["n_out"], sp["T"]
+        macs = n_in * 4 * H + H * 4 * H + H * n_out
+        expected = T * 2 * (2 * macs + H * 4 * H + H * n_out)
+        assert bench.train_flops_per_sample(sp) == expected, name
+        assert bench.train_step_flops(sp) == expected * sp["batch"], name
+
+
+def test_efficiency_is_training_flops_over_sgemm():
+    from jitprop.bench import cli
+
+    row = {"samples_per_s": 10000.0}
+    cli.add_efficiency(row, 3.21e6, 100.0)
+    assert math.isclose(row["gflops"], 32.1)
+    assert math.isclose(row["efficiency"], 0.321)
+    assert cli.format_efficiency(row["efficiency"]) == "32.1%"
+    assert cli.format_efficiency(2.5e-7) == "2.5e-05%"
+    assert cli.format_efficiency(None) == "-"
+    # no SGEMM rate measured: FLOP/s but no efficiency; a failed row stays bare
+    row = cli.add_efficiency({"samples_per_s": 1.0}, 16, None)
+    assert row["gflops"] == 16e-9 and "efficiency" not in row
+    assert cli.add_efficiency({"samples_per_s": None}, 16, 100.0) == {"samples_per_s": None}
 
 
 def test_synthetic_data_is_deterministic_and_well_formed():
@@ -98,9 +138,8 @@ def test_step_products_match_the_flop_count():
     for name, spec in bench.WORKLOADS.items():
         prods = bench.step_products(spec)
         flops = sum(2 * m * k * n * count for _, m, k, n, count, _, _ in prods)
-        if spec["kind"] == "mlp":
-            assert flops == bench.train_step_flops(spec), name
-        else:  # 2 per-step products per time step, 2 weight-gradient products, 3 for the head
+        assert flops == bench.train_step_flops(spec), name
+        if spec["kind"] == "lstm":  # 2 per-step products per time step, 2 weight-gradient products, 3 for the head
             assert sum(p[4] for p in prods) == 2 * spec["T"] + 6, name
 
 

@@ -49,7 +49,7 @@ import time
 import numpy as np
 
 from .worker import GEMM_N, MARK, blas_info
-from .workloads import WORKLOADS, train_step_flops
+from .workloads import TARGETS, WORKLOADS, train_flops_per_sample
 
 
 FRAMEWORKS = ("jitprop", "torch", "jax")
@@ -190,6 +190,8 @@ def format_table(results, frameworks, gemm):
     head = ["workload", "thr"] + ["%s/s" % f for f in frameworks]
     if len(frameworks) > 1:
         head.append("jitprop/best")
+    head.append("efficiency (%s)" % "/".join(frameworks))
+    head.append("eff. target")
     head.append("first step s (%s)" % "/".join(frameworks))
     head.append("own cpu/wall")
     head.append("other load")
@@ -208,6 +210,10 @@ def format_table(results, frameworks, gemm):
                 cells.append("%.2fx (%s)" % (j["ratio_vs_best_peer"], j["best_peer"]))
             else:
                 cells.append("-")
+        cells.append("/".join(format_efficiency((by.get((wl, th, f)) or {}).get("efficiency"))
+                              for f in frameworks))
+        t = TARGETS.get(wl, {}).get("efficiency")
+        cells.append(format_efficiency(t) if t else "-")
         fs, cw, ol = [], [], []
         for f in frameworks:
             r = by.get((wl, th, f)) or {}
@@ -224,6 +230,8 @@ def format_table(results, frameworks, gemm):
     for cells in lines:
         out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
     out.append("(samples/s = batch*steps/time, best of repeats; an LSTM sample is one sequence; "
+               "efficiency = training FLOP/s (products only: forward, weight gradients, input "
+               "gradients of every layer but the first) / numpy SGEMM FLOP/s at the same thread count; "
                "own cpu/wall = cores the worker used while timed; other load = cores busy with "
                "other processes meanwhile, where > 0.2 the row is disturbed)")
 
@@ -245,6 +253,27 @@ def format_table(results, frameworks, gemm):
                 parts.append("numpy sgemm %dx%d %.1f" % (GEMM_N, GEMM_N, g))
             out.append(line + " " + "; ".join(parts))
     return "\n".join(out)
+
+
+def add_efficiency(row, flops_per_sample, sgemm_gflops):
+    """Set ``row["gflops"]`` (training FLOP/s / 1e9 from its samples/s) and,
+    given the run's SGEMM rate at the row's thread count, ``row["efficiency"]``
+    = that over the SGEMM rate (also kept as ``fraction_of_sgemm``)."""
+    if not row.get("samples_per_s"):
+        return row
+    row["flops_per_sample"] = flops_per_sample
+    row["gflops"] = flops_per_sample * row["samples_per_s"] / 1e9
+    if sgemm_gflops:
+        row["numpy_sgemm_gflops"] = sgemm_gflops
+        row["efficiency"] = row["fraction_of_sgemm"] = row["gflops"] / sgemm_gflops
+    return row
+
+
+def format_efficiency(e):
+    """An efficiency as a percentage with 3 significant digits ('-' if absent)."""
+    if e is None:
+        return "-"
+    return "%.3g%%" % (100 * e)
 
 
 def _parse_list(s, allowed=None, what="item"):
@@ -528,17 +557,13 @@ def main(argv=None):
     gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
     results = []
     for wl in workloads:
-        flops = train_step_flops(WORKLOADS[wl])
+        flops = train_flops_per_sample(WORKLOADS[wl])
         for th in threads:
             if th in gemm_rows and gemm_rows[th] not in results:
                 results.append(gemm_rows[th])
             group = [best_rows[(wl, th, fw)] for fw in frameworks]
             for row in group:
-                if flops is not None and row.get("samples_per_s"):
-                    row["gflops"] = flops * row["samples_per_s"] / row["batch"] / 1e9
-                    if th in gemm and wl in GFLOPS_WORKLOADS:
-                        row["numpy_sgemm_gflops"] = gemm[th]
-                        row["fraction_of_sgemm"] = row["gflops"] / gemm[th]
+                add_efficiency(row, flops, gemm.get(th))
             jp_row = group[0]
             peer_rows = [r for r in group[1:] if r.get("samples_per_s")]
             if peer_rows and jp_row.get("samples_per_s"):
