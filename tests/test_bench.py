@@ -95,8 +95,15 @@ def test_quick_run_jitprop_only_json_output():
     assert meta["numpy"] == np.__version__
 
     rows = doc["results"]
-    assert len(rows) == 1
-    row = rows[0]
+    assert len(rows) == 2
+    gemm, row = rows            # the run's SGEMM rate at 1 thread, then the workload
+    assert gemm["framework"] == "numpy-sgemm" and gemm["threads"] == 1 and gemm["gflops"] > 0
+    assert any(lib["user_api"] == "blas" and lib["architecture"] for lib in gemm["blas"])
+    assert row["efficiency"] == row["gflops"] / gemm["gflops"]
+    assert row["flops_per_sample"] == 16   # 1-1-1-1: 3 forward, 3 weight, 2 input products
+    assert any(lib["user_api"] == "blas" and lib["owner"] == "scipy" for lib in row["blas"])
+    assert row["kernels"]["llvm_cpu"]
+    assert "Libraries and kernel sets per process:" in proc.stderr
     assert row["workload"] == "mlp-tiny"
     assert row["framework"] == "jitprop"
     assert row["threads"] == 1
@@ -189,3 +196,104 @@ def test_runtime_lines_name_each_blas_kernel_set_once_per_framework():
     rows.append({"framework": "jitprop", "blas": [dict(scipy_ob, architecture="Haswell")],
                  "kernels": {"numba": "0.68.1", "llvm_cpu": "znver4"}})
     assert len(cli.format_runtime(rows, gemm)) == 5
+
+
+def _cfg(fw, th, rates, variant=None, wl="lstm-mid"):
+    row = {"workload": wl, "framework": fw, "threads": th, "config_threads": th, "variant": variant,
+           "batch": 64}
+    best = {}
+    for r in rates:
+        out = bench.cli.record_round(best, (wl, th, fw, variant), dict(row, samples_per_s=r))
+    return out
+
+
+def test_record_round_keeps_the_best_round_and_every_rate():
+    best = {}
+    for rate in (100.0, None, 130.0, 120.0):
+        row = bench.cli.record_round(best, "k", {"samples_per_s": rate, "round_rate": rate})
+    assert row is best["k"]
+    assert row["samples_per_s"] == 130.0 and row["round_rate"] == 130.0
+    assert row["samples_per_s_rounds"] == [100.0, None, 130.0, 120.0]
+
+
+def test_settled_needs_a_second_round_near_the_best():
+    assert not bench.cli.is_settled([100.0])
+    assert not bench.cli.is_settled([100.0, None])
+    assert bench.cli.is_settled([80.0, 100.0, 96.0])     # a slow round changes nothing
+    assert not bench.cli.is_settled([100.0, 90.0, 80.0])  # one fast run alone is not reproduced
+    assert bench.cli.is_settled([100.0, 90.0], tol=0.1)
+
+
+def test_peer_at_best_takes_the_better_of_one_and_n_threads_and_of_formulations():
+    rows = [_cfg("jax", 1, [700.0], "einsum-hoisted"), _cfg("jax", 1, [1400.0, 1300.0], "xw-in-scan"),
+            _cfg("jax", 2, [1000.0], "einsum-hoisted"), _cfg("jax", 2, [1200.0], "xw-in-scan"),
+            _cfg("jax", 4, [9999.0], "xw-in-scan"),       # neither 1 nor 2 threads: never chosen at 2
+            _cfg("torch", 1, [1300.0]), _cfg("torch", 2, [2100.0]), _cfg("torch", 3, [None])]
+    at2 = bench.cli.peer_at_best(rows, "jax", 2)
+    assert (at2["config_threads"], at2["variant"], at2["samples_per_s"]) == (1, "xw-in-scan", 1400.0)
+    assert bench.cli.config_label(at2) == "1t,xw-in-scan"
+    assert bench.cli.peer_at_best(rows, "jax", 1)["samples_per_s"] == 1400.0
+    t2 = bench.cli.peer_at_best(rows, "torch", 2)
+    assert (t2["config_threads"], t2["samples_per_s"]) == (2, 2100.0)
+    assert bench.cli.config_label(t2) == "2t"
+    assert bench.cli.peer_at_best(rows, "torch", 1)["samples_per_s"] == 1300.0
+    assert bench.cli.peer_at_best(rows, "torch", 3)["samples_per_s"] == 1300.0   # 3t failed
+    assert bench.cli.peer_at_best(rows, "mxnet", 2) is None
+
+
+def test_compare_ratios_against_the_best_peer_at_its_best():
+    rows = [_cfg("jitprop", 1, [1500.0, 1490.0]), _cfg("jitprop", 2, [2400.0, 1000.0, 2350.0]),
+            _cfg("torch", 1, [1300.0]), _cfg("torch", 2, [900.0, 2000.0]),
+            _cfg("jax", 1, [1400.0, 1380.0], "xw-in-scan"), _cfg("jax", 2, [1200.0], "xw-in-scan"),
+            _cfg("jax", 1, [600.0], "einsum-hoisted", wl="lstm-small")]   # another workload
+    group = bench.cli.compare(rows, "lstm-mid", 2, ["jitprop", "torch", "jax"])
+    jp, torch_row, jax_row = group
+    assert [r["framework"] for r in group] == ["jitprop", "torch", "jax"]
+    assert all(r["threads"] == 2 for r in group)
+    assert jp["samples_per_s"] == 2400.0 and jp["config_threads"] == 2
+    assert (torch_row["config_threads"], torch_row["samples_per_s"]) == (2, 2000.0)
+    assert (jax_row["config_threads"], jax_row["samples_per_s"]) == (1, 1400.0)
+    assert jp["best_peer"] == "torch" and jp["best_peer_config"] == "2t"
+    assert jp["ratio_vs_best_peer"] == 1.2
+    assert jp["target_ratio"] == 1.5 and jp["target_met"] is False
+    assert jp["settled"] is False          # torch's 2000 was not reproduced
+    # the configuration rows themselves are not changed by the comparison
+    assert [r["threads"] for r in rows if r["framework"] == "jax"] == [1, 2, 1]
+
+    group = bench.cli.compare(rows, "lstm-mid", 1, ["jitprop", "torch", "jax"])
+    jp = group[0]
+    assert jp["best_peer"] == "jax" and jp["best_peer_config"] == "1t,xw-in-scan"
+    assert math.isclose(jp["ratio_vs_best_peer"], 1500.0 / 1400.0)
+    assert jp["settled"] is True
+    # jitprop alone: no ratio
+    assert "ratio_vs_best_peer" not in bench.cli.compare(rows, "lstm-mid", 1, ["jitprop"])[0]
+
+
+def test_table_prints_peer_configs_ratio_target_and_efficiency():
+    rows = [_cfg("jitprop", 2, [2400.0, 2390.0]), _cfg("torch", 1, [1300.0, 1290.0]),
+            _cfg("torch", 2, [900.0]), _cfg("jax", 1, [1000.0, 1000.0], "xw-in-scan")]
+    group = bench.cli.compare(rows, "lstm-mid", 2, ["jitprop", "torch", "jax"])
+    flops = bench.train_flops_per_sample(bench.WORKLOADS["lstm-mid"])
+    for r in group:
+        bench.cli.add_efficiency(r, flops, 200.0)
+    text = bench.cli.format_table(group, ["jitprop", "torch", "jax"], {2: 200.0})
+    line = [ln for ln in text.splitlines() if ln.startswith("lstm-mid")][0]
+    assert "2.4k" in line and "1.3k (1t)" in line and "1.0k (1t,xw-in-scan)" in line
+    assert "1.85x (torch)" in line and "1.5x met" in line and " yes " in line
+    eff = [100 * flops * r / 200e9 for r in (2400.0, 1300.0, 1000.0)]
+    assert "/".join("%.3g%%" % e for e in eff) in line
+
+
+def test_jax_lstm_formulations_compute_the_same_loss():
+    jax = __import__("pytest").importorskip("jax")
+    from jitprop.bench import peers
+
+    spec = dict(bench.WORKLOADS["lstm-small"], n_batches=1, T=6)
+    data = bench.make_data(spec)
+    losses = []
+    for v in peers.LSTM_JAX_VARIANTS:
+        step, sync = peers.make_jax_step(spec, data, 1, variant=v)
+        losses.append(float(jax.device_get(step(0))))
+    assert peers.variants("jax", spec) == list(peers.LSTM_JAX_VARIANTS)
+    assert peers.variants("torch", spec) == [None]
+    assert math.isfinite(losses[0]) and math.isclose(losses[0], losses[1], rel_tol=1e-5)

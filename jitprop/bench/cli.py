@@ -3,7 +3,7 @@
 Usage::
 
     python -m jitprop.bench [--workloads a,b,...] [--threads 1,2] [--vs torch,jax]
-                            [--seconds S] [--quick] [--json PATH_OR_-] [--no-pin]
+                            [--rounds R] [--seconds S] [--quick] [--json PATH_OR_-] [--no-pin]
 
 Every (workload, framework, thread count) measurement runs in its own
 subprocess whose environment is fixed before anything is imported:
@@ -21,6 +21,16 @@ step time; then a fixed number of steps lasting about ``--seconds`` is timed
 with ``time.perf_counter`` (synchronising at the end of the region), repeated
 3 times, and the BEST repeat gives ``samples_per_s = batch * steps / time``
 (the median is reported too).
+
+Peers are compared at their best: at N threads, a peer's figure is the
+faster of its 1-thread and N-thread configurations and of its formulations
+(:func:`jitprop.bench.peers.variants`: the JAX LSTM both with ``x_t @ W_x``
+inside the scan and with the projection hoisted), as a user would configure
+it; the report names the configuration. The sweep runs ``--rounds`` times
+(default 3), interleaved (each round starts with another framework), and
+every configuration keeps its best round on each side of a ratio, so one
+slow run cannot make a ratio; a ratio is "settled" when on both sides the
+second-best round is within 5% of the best.
 
 Every round first measures numpy's SGEMM rate (GEMM_N^3 float32, best of a
 few) in a worker at each thread count, so that each workload's efficiency is
@@ -48,6 +58,7 @@ import time
 
 import numpy as np
 
+from . import peers as _peers
 from .worker import GEMM_N, MARK, blas_info
 from .workloads import TARGETS, WORKLOADS, train_flops_per_sample
 
@@ -141,7 +152,7 @@ def _peer_available(name):
 
 
 def collect_metadata(args, peers, missing):
-    from . import peers as _peers
+    rounds = args.rounds or 1
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": _cpu_model(),
@@ -157,9 +168,9 @@ def collect_metadata(args, peers, missing):
         "peers_missing": list(missing),
         "seconds_per_repeat": args.seconds,
         "repeats": args.repeats,
-        "rounds": args.rounds,
+        "rounds": rounds,
         "statistic": "best of %d repeats (median also given)%s" % (
-            args.repeats, ", best of %d interleaved rounds" % args.rounds if args.rounds > 1 else ""),
+            args.repeats, ", best of %d interleaved rounds" % rounds if rounds > 1 else ""),
         "pinned_to_cpus": not args.no_pin,
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                 "XLA_FLAGS") if os.environ.get(k)},
@@ -187,9 +198,9 @@ def format_table(results, frameworks, gemm):
         if k not in keys:
             keys.append(k)
     by = {(r["workload"], r["threads"], r["framework"]): r for r in rows}
-    head = ["workload", "thr"] + ["%s/s" % f for f in frameworks]
+    head = ["workload", "thr", "jitprop/s"] + ["%s/s (config)" % f for f in frameworks[1:]]
     if len(frameworks) > 1:
-        head.append("jitprop/best")
+        head += ["jitprop/best", "target", "settled"]
     head.append("efficiency (%s)" % "/".join(frameworks))
     head.append("eff. target")
     head.append("first step s (%s)" % "/".join(frameworks))
@@ -202,14 +213,19 @@ def format_table(results, frameworks, gemm):
             r = by.get((wl, th, f))
             if r is None or r.get("samples_per_s") is None:
                 cells.append("n/a" if r is None else "ERR")
-            else:
+            elif f == "jitprop":
                 cells.append(_fmt_rate(r["samples_per_s"]))
+            else:
+                cells.append("%s (%s)" % (_fmt_rate(r["samples_per_s"]), config_label(r)))
         if len(frameworks) > 1:
             j = by.get((wl, th, "jitprop"), {})
             if j.get("ratio_vs_best_peer") is not None:
                 cells.append("%.2fx (%s)" % (j["ratio_vs_best_peer"], j["best_peer"]))
+                t = j.get("target_ratio")
+                cells.append("-" if t is None else "%.3gx %s" % (t, "met" if j["target_met"] else "NOT met"))
+                cells.append("yes" if j.get("settled") else "no")
             else:
-                cells.append("-")
+                cells += ["-", "-", "-"]
         cells.append("/".join(format_efficiency((by.get((wl, th, f)) or {}).get("efficiency"))
                               for f in frameworks))
         t = TARGETS.get(wl, {}).get("efficiency")
@@ -229,11 +245,15 @@ def format_table(results, frameworks, gemm):
     out.append("  ".join("-" * w for w in widths))
     for cells in lines:
         out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
-    out.append("(samples/s = batch*steps/time, best of repeats; an LSTM sample is one sequence; "
+    out.append("(samples/s = batch*steps/time, best of repeats and of rounds; an LSTM sample is one "
+               "sequence; a peer at N threads is at its best: the faster of its 1-thread and N-thread "
+               "configurations and of its formulations (config = threads it ran with, formulation); "
+               "settled = on both sides of the ratio the second-best round is within %d%% of the "
+               "best; "
                "efficiency = training FLOP/s (products only: forward, weight gradients, input "
                "gradients of every layer but the first) / numpy SGEMM FLOP/s at the same thread count; "
                "own cpu/wall = cores the worker used while timed; other load = cores busy with "
-               "other processes meanwhile, where > 0.2 the row is disturbed)")
+               "other processes meanwhile, where > 0.2 the row is disturbed)" % round(100 * SETTLED_TOL))
 
     gf_rows = [r for r in rows if r.get("gflops") is not None and r["workload"] in GFLOPS_WORKLOADS]
     if gf_rows or gemm:
@@ -253,6 +273,79 @@ def format_table(results, frameworks, gemm):
                 parts.append("numpy sgemm %dx%d %.1f" % (GEMM_N, GEMM_N, g))
             out.append(line + " " + "; ".join(parts))
     return "\n".join(out)
+
+
+#: A configuration's best round counts as reproduced when its second-best
+#: round is within this fraction of it.
+SETTLED_TOL = 0.05
+
+
+def record_round(best, key, row):
+    """Keep in ``best[key]`` the fastest row of a configuration over rounds,
+    with every round's samples/s in ``samples_per_s_rounds``."""
+    old = best.get(key)
+    rates = (old or {}).get("samples_per_s_rounds", []) + [row.get("samples_per_s")]
+    if old is None or (row.get("samples_per_s") or 0) > (old.get("samples_per_s") or 0):
+        best[key] = row
+    best[key]["samples_per_s_rounds"] = rates
+    return best[key]
+
+
+def is_settled(rates, tol=SETTLED_TOL):
+    """Whether a best-of over rounds is reproduced: at least two rounds ran
+    and the second fastest is within ``tol`` of the fastest, so the best is
+    not one lucky run (and one slow run changes nothing)."""
+    r = sorted((x for x in rates if x), reverse=True)
+    return len(r) >= 2 and r[1] >= (1 - tol) * r[0]
+
+
+def config_label(row):
+    """How a row's framework was configured: '1t', or '2t,einsum-hoisted'."""
+    label = "%dt" % row["config_threads"]
+    return label + ("," + row["variant"] if row.get("variant") else "")
+
+
+def peer_at_best(config_rows, framework, threads):
+    """A peer at its best at ``threads`` cores: the fastest of its measured
+    configurations at 1 thread and at ``threads`` threads, any formulation
+    (a user would configure it so).  None if none ran."""
+    cands = [r for r in config_rows if r["framework"] == framework and r.get("samples_per_s")
+             and r["config_threads"] in (1, threads)]
+    return max(cands, key=lambda r: r["samples_per_s"]) if cands else None
+
+
+def compare(config_rows, workload, threads, frameworks):
+    """The result rows of one (workload, thread count): jitprop measured at
+    ``threads``, then each peer at its best (a copy of its best
+    configuration's row with ``threads`` set to the comparison's and
+    ``config_threads``/``variant`` naming the configuration); jitprop's row
+    gets the ratio to the best peer, the target and whether both sides' best
+    rounds were reproduced."""
+    rows = [r for r in config_rows if r["workload"] == workload]
+    out = []
+    for fw in frameworks:
+        if fw == "jitprop":
+            found = [r for r in rows if r["framework"] == fw and r["config_threads"] == threads]
+            row = dict(found[0]) if found else None
+        else:
+            best = peer_at_best(rows, fw, threads)
+            row = dict(best, threads=threads) if best else None
+        if row is not None:
+            out.append(row)
+    jp = out[0] if out and out[0]["framework"] == "jitprop" else None
+    peers = [r for r in out if r["framework"] != "jitprop" and r.get("samples_per_s")]
+    if jp is not None and jp.get("samples_per_s") and peers:
+        best = max(peers, key=lambda r: r["samples_per_s"])
+        jp["best_peer"] = best["framework"]
+        jp["best_peer_config"] = config_label(best)
+        jp["ratio_vs_best_peer"] = jp["samples_per_s"] / best["samples_per_s"]
+        target = TARGETS.get(workload, {}).get("ratio")
+        if target is not None:
+            jp["target_ratio"] = target
+            jp["target_met"] = jp["ratio_vs_best_peer"] >= target
+        jp["settled"] = (is_settled(jp.get("samples_per_s_rounds", []))
+                         and is_settled(best.get("samples_per_s_rounds", [])))
+    return out
 
 
 def add_efficiency(row, flops_per_sample, sgemm_gflops):
@@ -296,9 +389,10 @@ def build_parser():
     p.add_argument("--seconds", type=float, default=None,
                    help="timed seconds per repeat (default 2, --quick 0.3)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=int, default=None,
                    help="repeat the whole sweep this many times, interleaved, keeping each "
-                        "measurement's best round (helps on a shared, noisy machine)")
+                        "configuration's best round, so that one slow run cannot make a ratio "
+                        "(default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="short timings (0.3 s per repeat)")
     p.add_argument("--json", default=None, metavar="PATH_OR_-",
                    help="write machine-readable results to PATH ('-' = stdout; the table then "
@@ -330,6 +424,17 @@ def measure_gemm(threads, repeats, pin, timeout, say):
     return {"workload": "sgemm-%d" % GEMM_N, "framework": "numpy-sgemm", "threads": threads,
             "gflops": g["gflops"], "best_s": g["best_s"], "cpu_per_wall": g["cpu_per_wall"],
             "blas": g.get("blas")}
+
+
+def format_configs(config_rows):
+    """Every measured configuration with its samples/s in each round."""
+    out = ["Every configuration measured (samples/s per round, in order):"]
+    for r in config_rows:
+        name = r["framework"] + ("[%s]" % r["variant"] if r.get("variant") else "")
+        rates = ", ".join("ERR" if x is None else _fmt_rate(x) for x in r.get("samples_per_s_rounds", []))
+        out.append("  %-10s %-26s %d thread%s: %s" % (r["workload"], name, r["config_threads"],
+                                                     " " if r["config_threads"] == 1 else "s", rates))
+    return out
 
 
 def _blas_text(libs):
@@ -376,16 +481,20 @@ def format_runtime(rows, gemm_rows=()):
     return out
 
 
-def _measure_one(wl, fw, th, args, pin, say):
-    """Run one (workload, framework, threads) worker and turn its report into a result row."""
+def _measure_one(wl, fw, th, args, pin, say, variant=None):
+    """Run one (workload, framework, threads, variant) worker and turn its
+    report into a result row."""
     spec = WORKLOADS[wl]
-    payload = {"job": fw, "workload": wl, "seconds": args.seconds, "repeats": args.repeats}
+    payload = {"job": fw, "workload": wl, "seconds": args.seconds, "repeats": args.repeats,
+               "variant": variant}
     r = run_worker(payload, th, pin, args.timeout)
-    row = {"workload": wl, "framework": fw, "threads": th, "batch": spec["batch"]}
+    row = {"workload": wl, "framework": fw, "threads": th, "batch": spec["batch"],
+           "config_threads": th, "variant": variant}
+    name = fw if variant is None else "%s[%s]" % (fw, variant)
     if not r.get("ok"):
         row.update({"samples_per_s": None, "error": r.get("error"),
                     "traceback": r.get("traceback")})
-        say("%-10s %-8s %d thread%s: FAILED: %s" % (wl, fw, th, " " if th == 1 else "s",
+        say("%-10s %-8s %d thread%s: FAILED: %s" % (wl, name, th, " " if th == 1 else "s",
                                                     r.get("error")))
         return row
     steps = r["steps"]
@@ -407,7 +516,7 @@ def _measure_one(wl, fw, th, args, pin, say):
         say("warning: %s %s %d threads: loss is not finite" % (wl, fw, th))
     other = r.get("other_load")
     say("%-10s %-8s %d thread%s: %10s samples/s  (first step %.3g s, cpu/wall %.2f%s)" % (
-        wl, fw, th, " " if th == 1 else "s", _fmt_rate(row["samples_per_s"]),
+        wl, name, th, " " if th == 1 else "s", _fmt_rate(row["samples_per_s"]),
         r["first_step_s"], r["cpu_per_wall"],
         "" if other is None else ", other load %.2f cores" % other))
     return row
@@ -504,6 +613,10 @@ def main(argv=None):
         return 0
     if args.seconds is None:
         args.seconds = 0.3 if args.quick else 2.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     workloads = _parse_list(args.workloads, WORKLOADS, "workload")
     if args.threads:
         threads = [int(t) for t in _parse_list(args.threads)]
@@ -531,7 +644,9 @@ def main(argv=None):
 
     gemm_repeats = 3 if args.quick else 5
     pin = not args.no_pin
-    best_rows, gemm_rows = {}, {}   # key -> best row over rounds
+    # peers also run at 1 thread: at N threads each is compared at its best
+    all_threads = sorted(set(threads) | ({1} if peers else set()))
+    best_rows, gemm_rows = {}, {}   # configuration -> best row over rounds
     for rnd in range(args.rounds):
         if args.rounds > 1:
             say("-- round %d/%d --" % (rnd + 1, args.rounds))
@@ -544,35 +659,32 @@ def main(argv=None):
                     gemm_rows[th] = g
                 gemm_rows[th]["gflops_rounds"] = rates
         for wl in workloads:
-            for th in threads:
-                for fw in frameworks:
-                    row = _measure_one(wl, fw, th, args, pin, say)
-                    key = (wl, th, fw)
-                    old = best_rows.get(key)
-                    rates = (old or {}).get("samples_per_s_rounds", []) + [row.get("samples_per_s")]
-                    if old is None or (row.get("samples_per_s") or 0) > (old.get("samples_per_s") or 0):
-                        best_rows[key] = row
-                    best_rows[key]["samples_per_s_rounds"] = rates
+            for th in all_threads:
+                configs = [(fw, v) for fw in frameworks if fw != "jitprop" or th in threads
+                           for v in _peers.variants(fw, WORKLOADS[wl])]
+                # a different framework goes first in each round
+                k = rnd % len(configs) if configs else 0
+                for fw, v in configs[k:] + configs[:k]:
+                    row = _measure_one(wl, fw, th, args, pin, say, variant=v)
+                    record_round(best_rows, (wl, th, fw, v), row)
 
     gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
+    config_rows = list(best_rows.values())
     results = []
     for wl in workloads:
         flops = train_flops_per_sample(WORKLOADS[wl])
         for th in threads:
             if th in gemm_rows and gemm_rows[th] not in results:
                 results.append(gemm_rows[th])
-            group = [best_rows[(wl, th, fw)] for fw in frameworks]
+            group = compare(config_rows, wl, th, frameworks)
             for row in group:
                 add_efficiency(row, flops, gemm.get(th))
-            jp_row = group[0]
-            peer_rows = [r for r in group[1:] if r.get("samples_per_s")]
-            if peer_rows and jp_row.get("samples_per_s"):
-                best = max(peer_rows, key=lambda r: r["samples_per_s"])
-                jp_row["best_peer"] = best["framework"]
-                jp_row["ratio_vs_best_peer"] = jp_row["samples_per_s"] / best["samples_per_s"]
             results.extend(group)
 
     say("")
+    if peers:
+        for line in format_configs(config_rows):
+            say(line)
     say(format_table(results, frameworks, gemm))
     for line in format_runtime([r for r in results if r["framework"] in FRAMEWORKS],
                                gemm_rows.values()):
@@ -581,7 +693,8 @@ def main(argv=None):
         say("peers not available (not importable): %s" % ", ".join(missing))
 
     if args.json:
-        doc = {"metadata": collect_metadata(args, peers, missing), "results": results}
+        doc = {"metadata": collect_metadata(args, peers, missing), "results": results,
+               "configurations": config_rows}
         text = json.dumps(doc, indent=1)
         if args.json == "-":
             sys.stdout.write(text + "\n")

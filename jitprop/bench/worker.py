@@ -62,11 +62,11 @@ def make_jitprop_step(spec, data, threads):
     return step, sync
 
 
-def _make_step(framework, spec, data, threads):
+def _make_step(framework, spec, data, threads, variant=None):
     if framework == "jitprop":
         return make_jitprop_step(spec, data, threads)
     from . import peers
-    return peers.MAKERS[framework](spec, data, threads)
+    return peers.MAKERS[framework](spec, data, threads, variant=variant)
 
 
 
@@ -274,7 +274,7 @@ def main(payload):
             spec = WORKLOADS[payload["workload"]]
             data = make_data(spec)
             t0 = time.perf_counter()
-            step, sync = _make_step(job, spec, data, payload["threads"])
+            step, sync = _make_step(job, spec, data, payload["threads"], payload.get("variant"))
             res["setup_s"] = time.perf_counter() - t0
             res.update(time_steps(step, sync, payload["seconds"], payload["repeats"]))
             # after the run, so the libraries the framework loaded lazily are there
