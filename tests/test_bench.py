@@ -104,6 +104,11 @@ def test_quick_run_jitprop_only_json_output():
     assert any(lib["user_api"] == "blas" and lib["owner"] == "scipy" for lib in row["blas"])
     assert row["kernels"]["llvm_cpu"]
     assert "Libraries and kernel sets per process:" in proc.stderr
+    # mlp-tiny trains through fit over epochs of 1,024 samples, and fit's cost per call is reported
+    assert bench.WORKLOADS["mlp-tiny"]["n_batches"] == 1024 and row["steps_per_repeat"] >= 1024
+    assert row["fit_call_steps"] == 16 and row["fit_call_s"] > 0
+    assert row["fit_fixed_s"] < row["fit_call_s"]
+    assert "Trainer.fit per call" in proc.stderr
     assert row["workload"] == "mlp-tiny"
     assert row["framework"] == "jitprop"
     assert row["threads"] == 1
@@ -297,3 +302,22 @@ def test_jax_lstm_formulations_compute_the_same_loss():
     assert peers.variants("jax", spec) == list(peers.LSTM_JAX_VARIANTS)
     assert peers.variants("torch", spec) == [None]
     assert math.isfinite(losses[0]) and math.isclose(losses[0], losses[1], rel_tol=1e-5)
+
+
+def test_fit_cost_per_call_and_its_line():
+    from jitprop.bench import cli, worker
+
+    calls = []
+    r = worker.time_fit_calls(lambda: calls.append(1), 16, 1e-6, seconds=0.01, repeats=2)
+    assert len(calls) == 3 + 2 * r["fit_calls_per_block"] and r["fit_calls_per_block"] >= 3
+    assert r["fit_call_steps"] == 16
+    assert math.isclose(r["fit_fixed_s"], r["fit_call_s"] - 16e-6)
+    rows = [{"framework": "jitprop", "workload": "mlp-tiny", "threads": 1, "fit_call_s": 80e-6,
+             "fit_call_steps": 16, "fit_fixed_s": 48e-6},
+            {"framework": "jax", "workload": "mlp-tiny", "threads": 1},
+            {"framework": "jitprop", "workload": "mlp-wide", "threads": 1}]
+    lines = cli.format_fit_cost(rows)
+    assert len(lines) == 2 and "16 batches" in lines[0]
+    assert lines[1].split() == ["mlp-tiny", "1", "thread", ":", "80.0", "us", "per", "call", "=", "16",
+                                "steps", "x", "2.00", "us", "+", "48.0", "us", "fixed"]
+    assert cli.format_fit_cost(rows[1:]) == []

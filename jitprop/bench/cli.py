@@ -60,7 +60,7 @@ import numpy as np
 
 from . import peers as _peers
 from .worker import GEMM_N, MARK, blas_info
-from .workloads import TARGETS, WORKLOADS, train_flops_per_sample
+from .workloads import FIT_COST_BATCHES, TARGETS, WORKLOADS, train_flops_per_sample
 
 
 FRAMEWORKS = ("jitprop", "torch", "jax")
@@ -426,6 +426,22 @@ def measure_gemm(threads, repeats, pin, timeout, say):
             "blas": g.get("blas")}
 
 
+def format_fit_cost(rows):
+    """Lines of ``Trainer.fit``'s cost per call, for the jitprop rows that have it."""
+    out = []
+    for r in rows:
+        if r.get("framework") != "jitprop" or r.get("fit_call_s") is None:
+            continue
+        step_s = (r["fit_call_s"] - r["fit_fixed_s"]) / r["fit_call_steps"]
+        out.append("  %-10s %d thread%s: %.1f us per call = %d steps x %.2f us + %.1f us fixed" % (
+            r["workload"], r["threads"], " " if r["threads"] == 1 else "s", r["fit_call_s"] * 1e6,
+            r["fit_call_steps"], step_s * 1e6, r["fit_fixed_s"] * 1e6))
+    if out:
+        out.insert(0, "Trainer.fit per call (fit(epochs=1) on %d batches, fit's defaults without the "
+                      "progress bar, best block; step time from the long run):" % FIT_COST_BATCHES)
+    return out
+
+
 def format_configs(config_rows):
     """Every measured configuration with its samples/s in each round."""
     out = ["Every configuration measured (samples/s per round, in order):"]
@@ -512,6 +528,9 @@ def _measure_one(wl, fw, th, args, pin, say, variant=None):
         "blas": r.get("blas"),
         "kernels": r.get("kernels"),
     })
+    for key in ("fit_call_s", "fit_call_steps", "fit_fixed_s"):
+        if key in r:
+            row[key] = r[key]
     if r["final_loss"] is not None and not math.isfinite(r["final_loss"]):
         say("warning: %s %s %d threads: loss is not finite" % (wl, fw, th))
     other = r.get("other_load")
@@ -686,6 +705,8 @@ def main(argv=None):
         for line in format_configs(config_rows):
             say(line)
     say(format_table(results, frameworks, gemm))
+    for line in format_fit_cost(results):
+        say(line)
     for line in format_runtime([r for r in results if r["framework"] in FRAMEWORKS],
                                gemm_rows.values()):
         say(line)

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from .workloads import WORKLOADS, build_trainer, make_data, step_products
+from .workloads import (FIT_COST_BATCHES, FIT_COST_MAX_STEP_S, WORKLOADS, build_trainer, make_data,
+                        step_products)
 
 GEMM_N = 2048
 MARK = "@@JITPROP_BENCH@@ "
@@ -55,11 +56,41 @@ def make_jitprop_step(spec, data, threads):
         return epochs * n, hist["loss"][-1]
 
     step.block = block
+    X_few = X_all[:FIT_COST_BATCHES * bs]
+    Y_few = Y_all[:FIT_COST_BATCHES * bs]
+
+    def fit_call():
+        """One user's call: ``fit(epochs=1)`` over FIT_COST_BATCHES batches
+        with fit's defaults but the progress bar."""
+        trainer.fit(X_few, Y_few, epochs=1, batch_size=bs, progress=False)
+
+    step.fit_call = fit_call
+    step.fit_call_steps = len(X_few) // bs
 
     def sync():
         pass
 
     return step, sync
+
+
+def time_fit_calls(fit_call, steps_per_call, step_s, seconds, repeats=5):
+    """``Trainer.fit``'s cost per call: ``fit_call()`` timed in ``repeats``
+    blocks of about ``seconds / repeats`` each, best block; the fixed part is
+    that minus ``steps_per_call`` steps at ``step_s`` (from the long run)."""
+    fit_call()
+    fit_call()
+    t0 = time.perf_counter()
+    fit_call()
+    once = max(time.perf_counter() - t0, 1e-7)
+    calls = max(3, int(seconds / repeats / once))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fit_call()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return {"fit_call_s": best, "fit_call_steps": steps_per_call,
+            "fit_fixed_s": best - steps_per_call * step_s, "fit_calls_per_block": calls}
 
 
 def _make_step(framework, spec, data, threads, variant=None):
@@ -277,6 +308,10 @@ def main(payload):
             step, sync = _make_step(job, spec, data, payload["threads"], payload.get("variant"))
             res["setup_s"] = time.perf_counter() - t0
             res.update(time_steps(step, sync, payload["seconds"], payload["repeats"]))
+            fit_call = getattr(step, "fit_call", None)
+            step_s = res["best_s"] / res["steps"]
+            if fit_call is not None and step_s <= FIT_COST_MAX_STEP_S:
+                res.update(time_fit_calls(fit_call, step.fit_call_steps, step_s, payload["seconds"]))
             # after the run, so the libraries the framework loaded lazily are there
             res["blas"] = blas_info(load_scipy=job == "jitprop")
             res["kernels"] = kernel_info(job)

@@ -5,8 +5,9 @@ the MPI benchmark (``jitprop.bench.distributed``) and the asv suite."""
 import numpy as np
 
 WORKLOADS = {
+    # trained as a user would: Trainer.fit over epochs of 1,024 samples at batch 1
     "mlp-tiny": dict(kind="mlp", sizes=[1, 1, 1, 1], act="sigmoid", final_act=True,
-                     loss="mse", batch=1, n_batches=64),
+                     loss="mse", batch=1, n_batches=1024),
     "mlp-small": dict(kind="mlp", sizes=[784, 128, 10], act="relu", final_act=False,
                       loss="xent", batch=64, n_batches=32),
     "mlp-mid": dict(kind="mlp", sizes=[784, 512, 512, 10], act="relu", final_act=False,
@@ -33,6 +34,11 @@ TARGETS = {
     "lstm-small": {"ratio": 2.0},
     "lstm-mid": {"ratio": 1.5},
 }
+
+#: ``Trainer.fit``'s fixed cost per call is measured on this many batches
+#: per call (for workloads whose step takes at most FIT_COST_MAX_STEP_S).
+FIT_COST_BATCHES = 16
+FIT_COST_MAX_STEP_S = 1e-3
 
 DATA_SEED = 20240611
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
