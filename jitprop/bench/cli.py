@@ -510,7 +510,7 @@ def _measure_one(wl, fw, th, args, pin, say, variant=None):
     if not r.get("ok"):
         row.update({"samples_per_s": None, "error": r.get("error"),
                     "traceback": r.get("traceback")})
-        say("%-10s %-8s %d thread%s: FAILED: %s" % (wl, name, th, " " if th == 1 else "s",
+        say("%-10s %-22s %d thread%s: FAILED: %s" % (wl, name, th, " " if th == 1 else "s",
                                                     r.get("error")))
         return row
     steps = r["steps"]
@@ -534,7 +534,7 @@ def _measure_one(wl, fw, th, args, pin, say, variant=None):
     if r["final_loss"] is not None and not math.isfinite(r["final_loss"]):
         say("warning: %s %s %d threads: loss is not finite" % (wl, fw, th))
     other = r.get("other_load")
-    say("%-10s %-8s %d thread%s: %10s samples/s  (first step %.3g s, cpu/wall %.2f%s)" % (
+    say("%-10s %-22s %d thread%s: %10s samples/s  (first step %.3g s, cpu/wall %.2f%s)" % (
         wl, name, th, " " if th == 1 else "s", _fmt_rate(row["samples_per_s"]),
         r["first_step_s"], r["cpu_per_wall"],
         "" if other is None else ", other load %.2f cores" % other))
@@ -705,6 +705,10 @@ def main(argv=None):
         for line in format_configs(config_rows):
             say(line)
     say(format_table(results, frameworks, gemm))
+    if any(len(g.get("gflops_rounds", [])) > 1 for g in gemm_rows.values()):
+        say("numpy sgemm GFLOP/s per round (the best is the efficiencies' denominator): " + "; ".join(
+            "%d thread%s %s" % (th, "" if th == 1 else "s", ", ".join("%.1f" % x for x in g["gflops_rounds"]))
+            for th, g in sorted(gemm_rows.items())))
     for line in format_fit_cost(results):
         say(line)
     for line in format_runtime([r for r in results if r["framework"] in FRAMEWORKS],
