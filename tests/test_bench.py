@@ -321,3 +321,29 @@ def test_fit_cost_per_call_and_its_line():
     assert lines[1].split() == ["mlp-tiny", "1", "thread", ":", "80.0", "us", "per", "call", "=", "16",
                                 "steps", "x", "2.00", "us", "+", "48.0", "us", "fixed"]
     assert cli.format_fit_cost(rows[1:]) == []
+
+
+def test_extra_rounds_remeasure_both_sides_of_each_unsettled_ratio():
+    results = [
+        {"framework": "numpy-sgemm", "workload": "sgemm-2048", "threads": 2},
+        {"framework": "jitprop", "workload": "lstm-mid", "threads": 1, "settled": True},
+        {"framework": "jitprop", "workload": "lstm-mid", "threads": 2, "settled": False},
+        {"framework": "jax", "workload": "lstm-mid", "threads": 2},
+        {"framework": "jitprop", "workload": "mlp-mid", "threads": 2, "settled": False},
+        {"framework": "jitprop", "workload": "mlp-tiny", "threads": 2},   # no peer: no flag
+    ]
+
+    def variants(fw, wl):
+        return ["a", "b"] if (fw, wl) == ("jax", "lstm-mid") else [None]
+
+    todo = bench.cli.extra_round_configs(results, ["jitprop", "torch", "jax"], [1, 2], variants)
+    assert todo == [
+        ("lstm-mid", 2, "jitprop", None),
+        ("lstm-mid", 1, "torch", None), ("lstm-mid", 2, "torch", None),
+        ("lstm-mid", 1, "jax", "a"), ("lstm-mid", 1, "jax", "b"),
+        ("lstm-mid", 2, "jax", "a"), ("lstm-mid", 2, "jax", "b"),
+        ("mlp-mid", 2, "jitprop", None),
+        ("mlp-mid", 1, "torch", None), ("mlp-mid", 2, "torch", None),
+        ("mlp-mid", 1, "jax", None), ("mlp-mid", 2, "jax", None),
+    ]
+    assert bench.cli.extra_round_configs(results[:2], ["jitprop", "jax"], [1, 2], variants) == []

@@ -30,7 +30,9 @@ it; the report names the configuration. The sweep runs ``--rounds`` times
 (default 3), interleaved (each round starts with another framework), and
 every configuration keeps its best round on each side of a ratio, so one
 slow run cannot make a ratio; a ratio is "settled" when on both sides the
-second-best round is within 5% of the best.
+second-best round is within 5% of the best. The configurations of a ratio
+not settled after the rounds are measured again (``--extra-rounds``, at
+most 2 more times by default).
 
 Every round first measures numpy's SGEMM rate (GEMM_N^3 float32, best of a
 few) in a worker at each thread count, so that each workload's efficiency is
@@ -169,6 +171,7 @@ def collect_metadata(args, peers, missing):
         "seconds_per_repeat": args.seconds,
         "repeats": args.repeats,
         "rounds": rounds,
+        "extra_rounds_max": getattr(args, "extra_rounds", None),
         "statistic": "best of %d repeats (median also given)%s" % (
             args.repeats, ", best of %d interleaved rounds" % rounds if rounds > 1 else ""),
         "pinned_to_cpus": not args.no_pin,
@@ -348,6 +351,29 @@ def compare(config_rows, workload, threads, frameworks):
     return out
 
 
+def extra_round_configs(results, frameworks, threads, variants):
+    """The configurations to measure once more because a ratio is not settled:
+    for every (workload, N) whose jitprop row has ``settled`` False, jitprop
+    at N and every peer formulation at 1 and at N threads (each configuration
+    once, in the order found).  ``variants(fw, workload)`` lists a framework's
+    formulations."""
+    todo = []
+    for r in results:
+        if r.get("framework") != "jitprop" or r.get("settled") is not False:
+            continue
+        wl, th = r["workload"], r["threads"]
+        keys = [(wl, th, "jitprop", None)]
+        for fw in frameworks:
+            if fw == "jitprop":
+                continue
+            for t in sorted({1, th}):
+                keys += [(wl, t, fw, v) for v in variants(fw, wl)]
+        for k in keys:
+            if k not in todo and (k[2] != "jitprop" or k[1] in threads):
+                todo.append(k)
+    return todo
+
+
 def add_efficiency(row, flops_per_sample, sgemm_gflops):
     """Set ``row["gflops"]`` (training FLOP/s / 1e9 from its samples/s) and,
     given the run's SGEMM rate at the row's thread count, ``row["efficiency"]``
@@ -393,6 +419,10 @@ def build_parser():
                    help="repeat the whole sweep this many times, interleaved, keeping each "
                         "configuration's best round, so that one slow run cannot make a ratio "
                         "(default 3, --quick 1)")
+    p.add_argument("--extra-rounds", type=int, default=None,
+                   help="after the rounds, measure the configurations of every ratio not settled "
+                        "yet (second-best round more than 5%% below the best on either side) again, "
+                        "up to this many times (default 2, --quick 0)")
     p.add_argument("--quick", action="store_true", help="short timings (0.3 s per repeat)")
     p.add_argument("--json", default=None, metavar="PATH_OR_-",
                    help="write machine-readable results to PATH ('-' = stdout; the table then "
@@ -636,6 +666,8 @@ def main(argv=None):
         args.rounds = 1 if args.quick else 3
     if args.rounds < 1:
         raise SystemExit("--rounds must be >= 1")
+    if args.extra_rounds is None:
+        args.extra_rounds = 0 if args.quick else 2
     workloads = _parse_list(args.workloads, WORKLOADS, "workload")
     if args.threads:
         threads = [int(t) for t in _parse_list(args.threads)]
@@ -688,17 +720,32 @@ def main(argv=None):
                     record_round(best_rows, (wl, th, fw, v), row)
 
     gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
-    config_rows = list(best_rows.values())
-    results = []
-    for wl in workloads:
-        flops = train_flops_per_sample(WORKLOADS[wl])
-        for th in threads:
-            if th in gemm_rows and gemm_rows[th] not in results:
-                results.append(gemm_rows[th])
-            group = compare(config_rows, wl, th, frameworks)
-            for row in group:
-                add_efficiency(row, flops, gemm.get(th))
-            results.extend(group)
+
+    def assemble():
+        config_rows = list(best_rows.values())
+        results = []
+        for wl in workloads:
+            flops = train_flops_per_sample(WORKLOADS[wl])
+            for th in threads:
+                if th in gemm_rows and gemm_rows[th] not in results:
+                    results.append(gemm_rows[th])
+                group = compare(config_rows, wl, th, frameworks)
+                for row in group:
+                    add_efficiency(row, flops, gemm.get(th))
+                results.extend(group)
+        return config_rows, results
+
+    config_rows, results = assemble()
+    for extra in range(args.extra_rounds if peers else 0):
+        todo = extra_round_configs(results, frameworks, threads,
+                                   lambda fw, wl: _peers.variants(fw, WORKLOADS[wl]))
+        if not todo:
+            break
+        say("-- extra round %d/%d for the ratios not settled yet (%d configurations) --"
+            % (extra + 1, args.extra_rounds, len(todo)))
+        for wl, th, fw, v in todo:
+            record_round(best_rows, (wl, th, fw, v), _measure_one(wl, fw, th, args, pin, say, variant=v))
+        config_rows, results = assemble()
 
     say("")
     if peers:
