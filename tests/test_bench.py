@@ -282,7 +282,7 @@ def test_table_prints_peer_configs_ratio_target_and_efficiency():
     for r in group:
         bench.cli.add_efficiency(r, flops, 200.0)
     text = bench.cli.format_table(group, ["jitprop", "torch", "jax"], {2: 200.0})
-    line = [ln for ln in text.splitlines() if ln.startswith("lstm-mid")][0]
+    line = next(ln for ln in text.splitlines() if ln.startswith("lstm-mid"))
     assert "2.4k" in line and "1.3k (1t)" in line and "1.0k (1t,xw-in-scan)" in line
     assert "1.85x (torch)" in line and "1.5x met" in line and " yes " in line
     eff = [100 * flops * r / 200e9 for r in (2400.0, 1300.0, 1000.0)]
@@ -297,7 +297,7 @@ def test_jax_lstm_formulations_compute_the_same_loss():
     data = bench.make_data(spec)
     losses = []
     for v in peers.LSTM_JAX_VARIANTS:
-        step, sync = peers.make_jax_step(spec, data, 1, variant=v)
+        step, _ = peers.make_jax_step(spec, data, 1, variant=v)
         losses.append(float(jax.device_get(step(0))))
     assert peers.variants("jax", spec) == list(peers.LSTM_JAX_VARIANTS)
     assert peers.variants("torch", spec) == [None]

@@ -64,7 +64,6 @@ from . import peers as _peers
 from .worker import GEMM_N, MARK, blas_info
 from .workloads import FIT_COST_BATCHES, TARGETS, WORKLOADS, train_flops_per_sample
 
-
 FRAMEWORKS = ("jitprop", "torch", "jax")
 GFLOPS_WORKLOADS = ("mlp-wide",)   # workloads whose training-step GFLOP/s is printed
 

@@ -19,8 +19,14 @@ import time
 
 import numpy as np
 
-from .workloads import (FIT_COST_BATCHES, FIT_COST_MAX_STEP_S, WORKLOADS, build_trainer, make_data,
-                        step_products)
+from .workloads import (
+    FIT_COST_BATCHES,
+    FIT_COST_MAX_STEP_S,
+    WORKLOADS,
+    build_trainer,
+    make_data,
+    step_products,
+)
 
 GEMM_N = 2048
 MARK = "@@JITPROP_BENCH@@ "
