@@ -63,6 +63,39 @@ def check_array(name, a, *, dtype=None, ndim=None, shape=None, writable=False):
     return a
 
 
+def check_layer_input(layer, x, n_in, expected, ndim=None, convert_hint=True):
+    """Check the input of ``layer``'s forward pass: an ndarray with ``n_in``
+    features on its last axis and at least 2 axes (exactly ``ndim``, each of
+    length >= 1, when given), of the layer's dtype, C-contiguous.  Messages
+    name the layer's class; ``expected`` (formatted with ``n_in``) says the
+    shape in them."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{type(layer).__name__}: input must be a numpy.ndarray, got {type(x).__name__}")
+    shape = x.shape
+    if (x.ndim < 2 if ndim is None else (x.ndim != ndim or 0 in shape)) or shape[-1] != n_in:
+        raise ValueError(f"{type(layer).__name__}: input must have shape {expected.format(n_in)}, got {shape}")
+    if x.dtype != layer.dtype:
+        dt = layer.dtype
+        hint = f"; convert once with x.astype(np.{dt})" if convert_hint else ""
+        raise TypeError(f"{type(layer).__name__}: input dtype must be {dt} (the layer's dtype), got {x.dtype}{hint}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{type(layer).__name__}: input must be C-contiguous")
+    return x
+
+
+def check_output_grad(layer, dy, dtype, shape):
+    """Check dL/d(output) given to ``layer``'s backward pass: a C-contiguous
+    ndarray of ``dtype`` and ``shape`` (messages name the layer's class)."""
+    try:  # (no isinstance call: this runs at every backward step)
+        ok = dy.shape == shape and dy.dtype == dtype and dy.flags.c_contiguous
+    except AttributeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{type(layer).__name__}.backward: dy must be C-contiguous {dtype} of shape {shape}, "
+                         f"got {getattr(dy, 'dtype', None)} {getattr(dy, 'shape', None)}")
+    return dy
+
+
 def check_labels(name, labels, n, n_classes=None):
     """Check integer class labels of shape (n,) and, optionally, their range."""
     if not isinstance(labels, np.ndarray) or isinstance(labels, np.ma.MaskedArray):
@@ -113,3 +146,25 @@ def check_float(name, value, minimum=None, finite=True):
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_betas(betas):
+    """``betas`` as a pair of floats in ``[0, 1)``, or a ValueError naming it."""
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    b1 = check_float("betas[0]", b1, minimum=0.0)
+    b2 = check_float("betas[1]", b2, minimum=0.0)
+    for name, b in (("betas[0]", b1), ("betas[1]", b2)):
+        if b >= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {b}")
+    return b1, b2
+
+
+def check_dropout_p(p):
+    """A drop probability in ``[0, 1)``, or an error naming ``p``."""
+    p = check_float("p", p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must lie in [0, 1), got {p}")
+    return p

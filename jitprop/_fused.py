@@ -3,10 +3,14 @@
 :class:`FusedMLP` describes a Sequential of Dense and activation layers to
 :func:`jitprop.kernels.raw.mlp_train_steps` (a table of layer sizes,
 activation codes and parameter offsets, plus one workspace vector) so that
-many SGD steps run inside one compiled call.  It uses the model's own flat
-parameter, gradient and momentum vectors, so the model, the optimizer and
-checkpoints see every update.
+many SGD or Adam/AdamW steps run inside one compiled call.  It uses the
+model's own flat parameter and gradient vectors and the optimizer's own state
+arrays, so the model, the optimizer and checkpoints see every update.
 """
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -14,7 +18,7 @@ from ._threads import batch_parts, single_thread_blas
 from .kernels import raw as K
 from .layers import Activation, Dense
 from .losses import MSELoss, SoftmaxCrossEntropy
-
+from .optim import SGD, Adam, AdamW
 
 #: Below this many multiply-adds in the largest product of a step, the fused
 #: path runs BLAS on one thread (mlp-small: 6.4M, mlp-mid: 51M).
@@ -23,6 +27,57 @@ SMALL_PRODUCT = 1 << 24
 MIN_PART_ROWS = 32
 #: ... when its largest product has at least this many multiply-adds.
 MIN_PART_PRODUCT = 1 << 20
+
+
+#: A run of at most this many steps whose fused kernel is not compiled yet
+#: starts layer by layer (``use_fused="auto"``): compiling the fused kernel
+#: takes about 10 s, the per-layer path about 50 us per step more.
+SHORT_RUN_STEPS = 100_000
+
+
+def _load_compiled(dispatcher, args):
+    """Whether ``dispatcher`` has machine code for ``args`` in this process or
+    in Numba's on-disk cache (loading it then); never compiles."""
+    # the first steps of Dispatcher.compile, without its fallback to compiling
+    from numba.core.compiler_lock import global_compiler_lock
+
+    sig = tuple(dispatcher.typeof_pyval(a) for a in args)
+    if sig in dispatcher.overloads:
+        return True
+    with global_compiler_lock:
+        try:
+            cres = dispatcher._cache.load_overload(sig, dispatcher.targetctx)
+        except Exception:  # noqa: BLE001  (an unreadable entry is a miss: the kernel compiles as usual)
+            cres = None
+        if cres is None:
+            return False
+        dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+        dispatcher.add_overload(cres)
+    return True
+
+
+_background = {}  # dtype name -> Popen of this process's background compile
+
+
+def compile_in_background(dtype):
+    """Start, once per process and dtype, a low-priority process that
+    compiles the fused kernel for ``dtype`` into Numba's on-disk cache
+    (``python -m jitprop._precompile``); returns its Popen, or None when
+    ``JITPROP_BACKGROUND_COMPILE=0``."""
+    name = np.dtype(dtype).name
+    if os.environ.get("JITPROP_BACKGROUND_COMPILE", "1") == "0":
+        return None
+    proc = _background.get(name)
+    if proc is None:
+        # its own session: it finishes filling the cache for the next run even
+        # after this process exits
+        # the child imports this same jitprop, whatever its own sys.path
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        proc = subprocess.Popen([sys.executable, "-m", "jitprop._precompile", name], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _background[name] = proc
+    return proc
 
 
 def choose_parts(bs, largest):
@@ -48,6 +103,8 @@ class FusedMLP:
         model, loss = trainer.model, trainer.loss
         if X.ndim != 2 or not isinstance(loss, (MSELoss, SoftmaxCrossEntropy)):
             return None
+        if type(trainer.optimizer) not in (SGD, Adam, AdamW):
+            return None  # an optimiser the compiled update does not know
         units = []  # [n_in, n_out, act, offW, offb]
         slices = {(li, name): sl for li, name, sl in model.param_slices}
         prev_dense = False
@@ -111,6 +168,30 @@ class FusedMLP:
         # must not multiply), and for small products, where waking OpenBLAS's
         # threads costs more than it saves (see single_thread_blas)
         self.single_blas = self.parts > 1 or largest < SMALL_PRODUCT
+        self.empty = np.zeros(0, dt)  # stands for the other optimiser's arrays
+        self._ready = False
+        self._background = None
+
+    def start(self, mode, steps):
+        """Choose how a run of ``steps`` steps begins: True to run fused from
+        its first step, False to begin layer by layer while a background
+        process compiles the fused kernel (tiered start, ``mode="auto"``:
+        only for short runs whose batch is one part, where both paths do the
+        same arithmetic, so switching keeps the results bitwise those of
+        either path).  :meth:`active` then tells when to switch."""
+        self._ready = (mode is True or self.parts > 1 or steps > SHORT_RUN_STEPS
+                       or _load_compiled(K.mlp_train_steps, self._args(np.zeros(1, np.int64), 0, 0, True)))
+        if not self._ready:
+            self._background = compile_in_background(self.model.dtype)
+        return self._ready
+
+    def active(self):
+        """Whether the fused path runs now: the kernel was ready at the start,
+        or the background compile has put it into the cache since."""
+        if not self._ready and self._background is not None and self._background.poll() is not None:
+            self._background = None
+            self._ready = _load_compiled(K.mlp_train_steps, self._args(np.zeros(1, np.int64), 0, 0, True))
+        return self._ready
 
     def run(self, order, step0, step1, check):
         """Run steps ``[step0, step1)`` of the epoch with sample ``order``;
@@ -124,9 +205,22 @@ class FusedMLP:
         return done
 
     def _run(self, order, step0, step1, check, m, opt):
-        return K.mlp_train_steps(
-            self.X, self.Yf, self.Yi, order, self.bs, step0, step1, self.table,
-            m.flat_params, m.flat_grads, self.gx, opt.velocity, self.ws, self.stride, self.hoff,
-            self.d0, self.d1, self.row_off, self.xb_off, self.yb_off, self.yb_i, self.kind, opt.lr,
-            opt.momentum, opt.weight_decay, opt.nesterov,
-            -1.0 if opt.clip_norm is None else opt.clip_norm, bool(check), self.losses)
+        return K.mlp_train_steps(*self._args(order, step0, step1, check))
+
+    def _args(self, order, step0, step1, check):
+        m, opt, e = self.model, self.opt, self.empty
+        if isinstance(opt, Adam):
+            kind, velocity, momentum, nesterov = K.OPT_ADAM, e, 0.0, False
+            mom1, mom2, vmax = opt.exp_avg, opt.exp_avg_sq, opt.max_exp_avg_sq
+            (beta1, beta2), eps, amsgrad, decoupled = opt.betas, opt.eps, opt.amsgrad, opt.decoupled
+        else:
+            kind, velocity, momentum, nesterov = K.OPT_SGD, opt.velocity, opt.momentum, opt.nesterov
+            mom1 = mom2 = vmax = e
+            beta1, beta2, eps, amsgrad, decoupled = 0.0, 0.0, 0.0, False, False
+        return (self.X, self.Yf, self.Yi, order, self.bs, step0, step1, self.table,
+                m.flat_params, m.flat_grads, self.gx, velocity, self.ws, self.stride, self.hoff,
+                self.d0, self.d1, self.row_off, self.xb_off, self.yb_off, self.yb_i, self.kind, float(opt.lr),
+                float(momentum), float(opt.weight_decay), bool(nesterov),
+                -1.0 if opt.clip_norm is None else float(opt.clip_norm), bool(check), self.losses,
+                kind, mom1, mom2, vmax, int(opt.steps), float(beta1), float(beta2), float(eps), bool(amsgrad),
+                bool(decoupled))

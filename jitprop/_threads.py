@@ -123,8 +123,8 @@ def single_thread_blas(active=True):
     installed).
 
     For loops of small matrix products (waking OpenBLAS's threads for each
-    small product costs more than it saves: mlp-small trained 1.8x faster
-    with one BLAS thread than with two), and for kernels that call BLAS from
+    small product costs more than it saves; docs/performance.md, finding 14),
+    and for kernels that call BLAS from
     inside a parallel loop (one BLAS thread per Numba thread).  Switching
     costs a few microseconds: the thread count is set through threadpoolctl's
     per-library controllers directly, and only where it is not 1 already.

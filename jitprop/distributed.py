@@ -28,14 +28,12 @@ The benchmark of the data-parallel trainer is :mod:`jitprop.bench.distributed`
 """
 
 import hashlib
-import math
 import os
 import time
 import warnings
 
 import numpy as np
 
-from . import checkpoint as _checkpoint
 from .trainer import Trainer
 
 __all__ = ["DistributedTrainer", "load", "shard_bounds", "local_ranks", "threads_per_rank"]
@@ -181,7 +179,8 @@ class DistributedTrainer(Trainer):
                              f"(n_params, dtype) per rank: {everyone}")
         mpi_type = MPI.DOUBLE if dtype == np.float64 else MPI.FLOAT
         self.comm.Bcast([model.flat_params, mpi_type], root=0)
-        self.comm.Bcast([optimizer.velocity, mpi_type], root=0)
+        for buf in optimizer.state_arrays().values():
+            self.comm.Bcast([buf, mpi_type], root=0)
         # [n * grads (n_params), n * loss, n]: the one message of every step
         self._buf = np.zeros(n_params + 2, dtype=dtype)
         self._gsum = self._buf[:n_params]
@@ -295,16 +294,13 @@ class DistributedTrainer(Trainer):
 
 def load(path, comm=None):
     """Rebuild a :class:`DistributedTrainer` from a checkpoint, for
-    ``fit(..., resume=True)``.  Collective: every rank calls it with the same
-    file (written by rank 0 of an earlier run)."""
-    t = _checkpoint.load(path)
-    dt = DistributedTrainer(t.model, t.loss, t.optimizer, comm=comm)
-    dt.history = t.history
-    dt._resume_state = t._resume_state
-    return dt
+    ``fit(..., resume=True)`` (``DistributedTrainer.load(path, comm=comm)``).
+    Collective: every rank calls it with the same file (written by rank 0 of an
+    earlier run)."""
+    return DistributedTrainer.load(path, comm=comm)
 
 
-if __name__ == "__main__":  # the benchmark's old command line
-    from jitprop.bench.distributed import main
+if __name__ == "__main__":  # the benchmark's old command line (run by name: no import back up)
+    import runpy
 
-    main()
+    runpy.run_module("jitprop.bench.distributed", run_name="__main__", alter_sys=True)

@@ -96,7 +96,9 @@ def gradcheck(model, loss, x, target, eps=1e-3, check_input=True, max_entries=No
         ``"input"``), computed over the checked entries.
     """
     rng = np.random.default_rng(seed)
-    x = np.array(x, dtype=model.dtype, order="C")
+    x = np.array(x, dtype=model.input_dtype, order="C")
+    if check_input and x.dtype.kind in "iu":
+        raise ValueError("the model takes integer input, which has no gradient: pass check_input=False")
 
     def f():
         return loss.forward(model.forward(x), target)

@@ -12,10 +12,15 @@ keep them.
 
 import numpy as np
 
-from ._checks import as_float_dtype, check_int
+from ._checks import as_float_dtype, check_dropout_p, check_int, check_layer_input, check_output_grad
+from ._registry import Registry
+from .init import check_init, init_weight
 from .kernels import raw as K
 
-__all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh"]
+__all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh", "Dropout", "LAYERS"]
+
+#: Layer types a checkpoint can name (``@LAYERS.register`` adds one).
+LAYERS = Registry("layer")
 
 
 class Layer:
@@ -31,12 +36,22 @@ class Layer:
         Gradients with the same keys and shapes, overwritten by ``backward``.
     dtype : numpy dtype or None
         float32 or float64; None for a parameter-free layer not yet used.
+    training : bool
+        Training mode (True) or evaluation mode; only layers such as
+        :class:`Dropout` behave differently.  Set for all layers by
+        :meth:`jitprop.Sequential.train` / :meth:`~jitprop.Sequential.eval`.
     """
+
+    #: True for a layer that takes integer input (indices) instead of floats
+    #: of the model's dtype; as a model's first layer it makes the model take
+    #: integer input (see :attr:`jitprop.Sequential.input_dtype`).
+    integer_input = False
 
     def __init__(self):
         self.params = {}
         self.grads = {}
         self.dtype = None
+        self.training = True
         self._bufs = {}
 
     # -- parameters ---------------------------------------------------------
@@ -44,7 +59,7 @@ class Layer:
         """Ordered dict of parameter name -> shape."""
         return {k: v.shape for k, v in self.params.items()}
 
-    def _bind(self, params, grads):
+    def bind(self, params, grads):
         """Replace parameter and gradient arrays by the given views (used by
         :class:`~jitprop.Sequential` to pack everything into flat buffers)."""
         for k in self.params:
@@ -100,6 +115,16 @@ class Layer:
         """Constructor arguments as a JSON-able dict (for checkpoints)."""
         return {}
 
+    def state_dict(self):
+        """State other than parameters that training changes (JSON-able;
+        for checkpoints), e.g. a :class:`Dropout` layer's call counter."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got {sorted(state)}")
+
     @classmethod
     def from_config(cls, config):
         """Build a layer from :meth:`get_config`'s output."""
@@ -109,20 +134,7 @@ class Layer:
         return f"{type(self).__name__}()"
 
 
-def _check_input(layer, x, last):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{type(layer).__name__}: input must be a numpy.ndarray, got {type(x).__name__}")
-    if x.ndim < 2 or x.shape[-1] != last:
-        raise ValueError(
-            f"{type(layer).__name__}: input must have shape (batch, ..., {last}), got {x.shape}")
-    if x.dtype != layer.dtype:
-        raise TypeError(
-            f"{type(layer).__name__}: input dtype must be {layer.dtype} (the layer's dtype), got {x.dtype}; "
-            f"convert once with x.astype(np.{layer.dtype})")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{type(layer).__name__}: input must be C-contiguous")
-
-
+@LAYERS.register
 class Dense(Layer):
     """Fully connected layer ``y = x @ W + b``.
 
@@ -132,8 +144,12 @@ class Dense(Layer):
         Input and output features.
     dtype : float32 or float64
     seed : int or None
-        Seed of the initialisation: ``W`` and ``b`` are drawn from
+        Seed of the initialisation.
+    init : {"torch", "xavier_uniform", "he_uniform", "orthogonal"}
+        "torch" (default): ``W`` and ``b`` drawn from
         ``U(-1/sqrt(n_in), 1/sqrt(n_in))``, PyTorch's default for ``nn.Linear``.
+        The others draw ``W`` with the formula of ``torch.nn.init`` of that
+        name (see :func:`jitprop.init.init_weight`) and set ``b`` to zero.
 
     Notes
     -----
@@ -144,17 +160,22 @@ class Dense(Layer):
     Parameters: ``W`` ``(n_in, n_out)``, ``b`` ``(n_out,)``.
     """
 
-    def __init__(self, n_in, n_out, dtype=np.float32, seed=None):
+    def __init__(self, n_in, n_out, dtype=np.float32, seed=None, init="torch"):
         super().__init__()
         self.n_in = check_int("n_in", n_in, 1)
         self.n_out = check_int("n_out", n_out, 1)
         self.dtype = as_float_dtype(dtype)
+        self.init = check_init(init)
         rng = np.random.default_rng(seed)
-        bound = 1.0 / np.sqrt(self.n_in)
-        self.params = {
-            "W": rng.uniform(-bound, bound, (self.n_in, self.n_out)).astype(self.dtype),
-            "b": rng.uniform(-bound, bound, (self.n_out,)).astype(self.dtype),
-        }
+        if self.init == "torch":
+            bound = 1.0 / np.sqrt(self.n_in)
+            self.params = {
+                "W": rng.uniform(-bound, bound, (self.n_in, self.n_out)).astype(self.dtype),
+                "b": rng.uniform(-bound, bound, (self.n_out,)).astype(self.dtype),
+            }
+        else:
+            self.params = {"W": init_weight(rng, self.init, self.n_in, self.n_out, self.dtype),
+                           "b": np.zeros(self.n_out, self.dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         # A following activation may be fused into the forward kernel
         # (set by Sequential); ``act_layer`` then caches the output.
@@ -169,11 +190,13 @@ class Dense(Layer):
 
     def forward(self, x):
         """x: (batch, ..., n_in) -> (batch, ..., n_out)."""
-        _check_input(self, x, self.n_in)
+        check_layer_input(self, x, self.n_in, "(batch, ..., {})")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         out = self._buffer("out", (x2.shape[0], self.n_out), self.dtype)
-        K.dense_act_forward(x2, self.params["W"], self.params["b"], out, self._act)
+        # small arrays take the serial twin: same arithmetic, no parallel kernel to compile
+        fwd = K.dense_act_forward_serial if out.size < K.PAR_MIN else K.dense_act_forward
+        fwd(x2, self.params["W"], self.params["b"], out, self._act)
         self._x = x2
         self._lead = lead
         return out.reshape(lead + (self.n_out,))
@@ -184,20 +207,29 @@ class Dense(Layer):
             raise RuntimeError("Dense.backward called before forward")
         x2 = self._x
         n = x2.shape[0]
-        if dy.shape != self._lead + (self.n_out,) or dy.dtype != self.dtype or not dy.flags.c_contiguous:
-            raise ValueError(
-                f"Dense.backward: dy must be C-contiguous {self.dtype} of shape {self._lead + (self.n_out,)}, "
-                f"got {dy.dtype} {dy.shape}")
+        check_output_grad(self, dy, self.dtype, self._lead + (self.n_out,))
         dy2 = dy.reshape(n, self.n_out)
-        if not need_dx:
+        small = dy2.size < K.PAR_MIN
+        if not need_dx and not small:
             K.dense_backward_params(x2, dy2, self.grads["W"], self.grads["b"])
             return None
+        # a small first layer also computes the dx it does not need (one tiny
+        # product per step) rather than compile a second serial kernel (0.6 s)
         dx = self._buffer("dx", (n, self.n_in), self.dtype)
-        K.dense_backward(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
-        return dx.reshape(self._lead + (self.n_in,))
+        bwd = K.dense_backward_serial if small else K.dense_backward
+        bwd(x2, self.params["W"], dy2, dx, self.grads["W"], self.grads["b"])
+        return dx.reshape(self._lead + (self.n_in,)) if need_dx else None
+
+    def fuse_activation(self, code):
+        """Apply activation ``code`` (``jitprop.kernels.ACT_*``) in the forward
+        kernel; ``ACT_IDENTITY`` undoes it.  Set by :class:`~jitprop.Sequential`."""
+        self._act = code
 
     def get_config(self):
-        return {"n_in": self.n_in, "n_out": self.n_out, "dtype": self.dtype.name}
+        config = {"n_in": self.n_in, "n_out": self.n_out, "dtype": self.dtype.name}
+        if self.init != "torch":
+            config["init"] = self.init
+        return config
 
     def __repr__(self):
         return f"Dense({self.n_in}, {self.n_out}, dtype={self.dtype.name})"
@@ -227,38 +259,130 @@ class Activation(Layer):
             self._a = x
             return x
         a = self._buffer("a", x.shape, x.dtype)
-        K.activation_forward(x, a, self.code)
+        (K.activation_forward_serial if a.size < K.PAR_MIN else K.activation_forward)(x, a, self.code)
         self._a = a
         return a
+
+    def set_fused(self, fused):
+        """Whether the preceding Dense applies this activation in its kernel
+        (then ``forward`` passes its input through).  Set by
+        :class:`~jitprop.Sequential`."""
+        self._fused = bool(fused)
 
     def backward(self, dy, need_dx=True):
         a = self._a
         if a is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        if dy.shape != a.shape or dy.dtype != a.dtype or not dy.flags.c_contiguous:
-            raise ValueError(
-                f"{type(self).__name__}.backward: dy must be C-contiguous {a.dtype} of shape {a.shape}, "
-                f"got {dy.dtype} {dy.shape}")
+        check_output_grad(self, dy, a.dtype, a.shape)
         if not need_dx:
             return None
         dz = self._buffer("dz", a.shape, a.dtype)
-        K.activation_backward(a, dy, dz, self.code)
+        (K.activation_backward_serial if a.size < K.PAR_MIN else K.activation_backward)(a, dy, dz, self.code)
         return dz
 
 
+@LAYERS.register
 class ReLU(Activation):
     """``max(x, 0)``; derivative 0 at 0 (as PyTorch)."""
 
     code = K.ACT_RELU
 
 
+@LAYERS.register
 class Sigmoid(Activation):
     """``1 / (1 + exp(-x))``; derivative ``a (1 - a)`` from the output."""
 
     code = K.ACT_SIGMOID
 
 
+@LAYERS.register
 class Tanh(Activation):
     """``tanh(x)``; derivative ``1 - a**2`` from the output."""
 
     code = K.ACT_TANH
+
+
+@LAYERS.register
+class Dropout(Layer):
+    """Inverted dropout: in training mode each element is zeroed with
+    probability ``p`` and the kept ones are scaled by ``1 / (1 - p)``; in
+    evaluation mode (:meth:`jitprop.Sequential.eval`, and always inside
+    :meth:`~jitprop.Sequential.predict` and :meth:`jitprop.Trainer.evaluate`)
+    it is the identity.
+
+    The mask of a call is a function of ``(seed, step, element index)`` (see
+    :func:`jitprop.kernels.dropout_apply`): it does not depend on the thread
+    count, is never stored (backward recomputes it), and a checkpoint that
+    records :attr:`step` resumes bit-exactly.
+
+    Parameters
+    ----------
+    p : float in [0, 1), default 0.5
+        Drop probability.
+    seed : int in [0, 2**63) or None
+        None draws a seed from the operating system's entropy (kept in
+        :attr:`seed`, so checkpoints reproduce it).
+
+    Attributes
+    ----------
+    step : int
+        Number of training-mode forward calls so far; call ``k`` uses mask
+        ``(seed, k)``.  Assign it to replay a mask.
+
+    Notes
+    -----
+    Works on inputs of any shape: after a Dense layer, or between LSTM layers
+    (``(batch, T, H)``, a separate mask element per step and unit).
+    """
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        self.p = check_dropout_p(p)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy) % (1 << 63)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < (1 << 63):
+            raise ValueError(f"seed must be None or an integer in [0, 2**63), got {seed!r}")
+        self.seed = int(seed)
+        self.step = 0
+        self._mask_step = None  # the step whose mask backward applies; None: identity
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+            raise TypeError("Dropout: input must be a C-contiguous float32/float64 ndarray")
+        self.dtype = x.dtype
+        if not self.training or self.p == 0.0:
+            self._mask_step = None
+            return x
+        out = self._buffer("out", x.shape, x.dtype)
+        self._apply(x, out, self.step)
+        self._mask_step = self.step
+        self.step += 1
+        return out
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        if self._mask_step is None:
+            return dy
+        if not isinstance(dy, np.ndarray) or dy.dtype != self.dtype or not dy.flags.c_contiguous:
+            raise ValueError(f"Dropout.backward: dy must be a C-contiguous {self.dtype} array")
+        dx = self._buffer("dx", dy.shape, dy.dtype)
+        self._apply(dy, dx, self._mask_step)
+        return dx
+
+    def _apply(self, x, out, step):
+        # small arrays take the serial twin: the same mask, no parallel kernel to compile
+        kernel = K.dropout_apply_serial if x.size < K.PAR_MIN else K.dropout_apply
+        kernel(x, out, self.p, self.seed, step)
+
+    def get_config(self):
+        return {"p": self.p, "seed": self.seed}
+
+    def state_dict(self):
+        return {"step": self.step}
+
+    def load_state_dict(self, state):
+        self.step = check_int("step", state["step"], 0)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"

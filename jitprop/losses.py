@@ -2,9 +2,13 @@
 
 import numpy as np
 
+from ._registry import Registry
 from .kernels import raw as K
 
-__all__ = ["Loss", "MSELoss", "SoftmaxCrossEntropy"]
+__all__ = ["Loss", "MSELoss", "SoftmaxCrossEntropy", "LOSSES"]
+
+#: Loss types a checkpoint can name (``@LOSSES.register`` adds one).
+LOSSES = Registry("loss")
 
 
 class Loss:
@@ -46,6 +50,7 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
+@LOSSES.register
 class MSELoss(Loss):
     """Mean squared error over all elements: ``mean((pred - target)**2)``.
 
@@ -64,11 +69,12 @@ class MSELoss(Loss):
         if not target.flags.c_contiguous:
             raise ValueError("MSELoss: target must be C-contiguous")
         g, row = self._buffers(pred)
-        value = K.mse_loss(pred, target, g, row)
+        value = (K.mse_loss_serial if pred.size < K.PAR_MIN else K.mse_loss)(pred, target, g, row)
         self._g = g
         return value
 
 
+@LOSSES.register
 class SoftmaxCrossEntropy(Loss):
     """Softmax followed by cross-entropy with integer labels, mean over the batch.
 
@@ -91,6 +97,7 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("SoftmaxCrossEntropy: target must be C-contiguous")
         g, row = self._buffers(pred)
         # the kernel checks the label range before writing anything
-        value = K.softmax_cross_entropy(pred, target, g, row)
+        value = (K.softmax_cross_entropy_serial if pred.size < K.PAR_MIN else K.softmax_cross_entropy)(
+            pred, target, g, row)
         self._g = g
         return value

@@ -1,19 +1,21 @@
-"""The LSTM layer, on the compiled sequence kernels of :mod:`jitprop.kernels._lstm`."""
+"""The LSTM layer, on the compiled sequence kernels (:func:`jitprop.kernels.raw.lstm_forward`, ``lstm_backward``)."""
 
 import numpy as np
 
-from ._checks import as_float_dtype, check_int
+from ._checks import as_float_dtype, check_float, check_int, check_layer_input, check_output_grad
 from ._threads import batch_parts, single_thread_blas
-from .kernels import _lstm as KL
-from .layers import Layer
+from .init import check_init, init_weight
+from .kernels import raw as K
+from .layers import LAYERS, Layer
 
 __all__ = ["LSTM"]
 
 #: The batch is cut into parts of at least this many rows that run the whole
-#: sequence at the same time (see :func:`jitprop.kernels._lstm.lstm_forward`).
+#: sequence at the same time (see :func:`jitprop.kernels.raw.lstm_forward`).
 MIN_PART_ROWS = 8
 
 
+@LAYERS.register
 class LSTM(Layer):
     """Long short-term memory layer over whole sequences.
 
@@ -43,8 +45,17 @@ class LSTM(Layer):
         False, every call starts from zero states.
     dtype : float32 or float64
     seed : int or None
-        Initialisation seed: every parameter is drawn from
-        ``U(-1/sqrt(H), 1/sqrt(H))``, PyTorch's default for ``nn.LSTM``.
+        Initialisation seed.
+    init : {"torch", "xavier_uniform", "he_uniform", "orthogonal"}
+        "torch" (default): every parameter drawn from ``U(-1/sqrt(H), 1/sqrt(H))``,
+        PyTorch's default for ``nn.LSTM``.  "xavier_uniform" and "he_uniform"
+        draw ``W_x`` and ``W_h`` with that ``torch.nn.init`` formula (fans of
+        torch's ``weight_ih``/``weight_hh``); "orthogonal" draws ``W_h`` with
+        ``torch.nn.init.orthogonal_`` (orthonormal rows) and ``W_x`` with
+        xavier_uniform.  These three set ``b`` to zero.
+    forget_bias : float or None
+        If set, the forget gate's bias ``b[H:2H]`` starts at this value
+        (1.0 is a common choice); None leaves it as ``init`` draws it.
 
     Notes
     -----
@@ -57,20 +68,33 @@ class LSTM(Layer):
     to the initial states.  Set ``h0``/``c0`` with :meth:`set_state`.
     """
 
-    def __init__(self, n_in, n_hidden, return_sequences=True, stateful=False, dtype=np.float32, seed=None):
+    def __init__(self, n_in, n_hidden, return_sequences=True, stateful=False, dtype=np.float32, seed=None,
+                 init="torch", forget_bias=None):
         super().__init__()
         self.n_in = check_int("n_in", n_in, 1)
         self.n_hidden = H = check_int("n_hidden", n_hidden, 1)
         self.return_sequences = bool(return_sequences)
         self.stateful = bool(stateful)
         self.dtype = as_float_dtype(dtype)
+        self.init = check_init(init)
+        self.forget_bias = None if forget_bias is None else check_float("forget_bias", forget_bias)
         rng = np.random.default_rng(seed)
-        k = 1.0 / np.sqrt(H)
-        self.params = {
-            "W_x": rng.uniform(-k, k, (self.n_in, 4 * H)).astype(self.dtype),
-            "W_h": rng.uniform(-k, k, (H, 4 * H)).astype(self.dtype),
-            "b": rng.uniform(-k, k, (4 * H,)).astype(self.dtype),
-        }
+        if self.init == "torch":
+            k = 1.0 / np.sqrt(H)
+            self.params = {
+                "W_x": rng.uniform(-k, k, (self.n_in, 4 * H)).astype(self.dtype),
+                "W_h": rng.uniform(-k, k, (H, 4 * H)).astype(self.dtype),
+                "b": rng.uniform(-k, k, (4 * H,)).astype(self.dtype),
+            }
+        else:
+            kind_x = "xavier_uniform" if self.init == "orthogonal" else self.init
+            self.params = {
+                "W_x": init_weight(rng, kind_x, self.n_in, 4 * H, self.dtype),
+                "W_h": init_weight(rng, self.init, H, 4 * H, self.dtype),
+                "b": np.zeros(4 * H, self.dtype),
+            }
+        if self.forget_bias is not None:
+            self.params["b"][H:2 * H] = self.forget_bias
         self.grads = {name: np.zeros_like(v) for name, v in self.params.items()}
         self._x = None
         self._B = None
@@ -112,14 +136,7 @@ class LSTM(Layer):
     # -- computation ------------------------------------------------------------------
     def forward(self, x):
         """x: (batch, T, n_in) -> (batch, T, H) or (batch, H)."""
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"LSTM: input must be a numpy.ndarray, got {type(x).__name__}")
-        if x.ndim != 3 or x.shape[2] != self.n_in or x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"LSTM: input must have shape (batch, T, {self.n_in}) with batch, T >= 1, got {x.shape}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"LSTM: input dtype must be {self.dtype} (the layer's dtype), got {x.dtype}")
-        if not x.flags.c_contiguous:
-            raise ValueError("LSTM: input must be C-contiguous")
+        check_layer_input(self, x, self.n_in, "(batch, T, {}) with batch, T >= 1", ndim=3, convert_hint=False)
         B, T, _ = x.shape
         H = self.n_hidden
         dt = self.dtype
@@ -138,7 +155,7 @@ class LSTM(Layer):
             h0 = c0 = self._buffer("zeros_state", (B, H), dt, zero=True)
         parts = batch_parts(B, MIN_PART_ROWS)
         with single_thread_blas(parts > 1):
-            KL.lstm_forward(x, self.params["W_x"], self.params["W_h"], self.params["b"], h0, c0,
+            K.lstm_forward(x, self.params["W_x"], self.params["W_h"], self.params["b"], h0, c0,
                             h_seq, h_T, c_T, gates, states, step_ws, parts)
         if self.stateful:
             # h0/c0 are not needed by backward, so the carry buffers may be
@@ -161,9 +178,7 @@ class LSTM(Layer):
         B, T, H = self._B, self._T, self.n_hidden
         dt = self.dtype
         expected = (B, T, H) if self.return_sequences else (B, H)
-        if not isinstance(dy, np.ndarray) or dy.shape != expected or dy.dtype != dt or not dy.flags.c_contiguous:
-            raise ValueError(f"LSTM.backward: dy must be C-contiguous {dt} of shape {expected}, "
-                             f"got {getattr(dy, 'dtype', None)} {getattr(dy, 'shape', None)}")
+        check_output_grad(self, dy, dt, expected)
         zeros_state = self._buffer("zeros_state", (B, H), dt, zero=True)
         if self.return_sequences:
             dh_seq, dh_T = dy, zeros_state
@@ -182,7 +197,7 @@ class LSTM(Layer):
         if parts > 1:
             dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 4 * H), dt)
         with single_thread_blas(parts > 1):
-            KL.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
+            K.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
                              gates, states, dx, g["W_x"], g["W_h"], g["b"], dh0, dc0, dgates, step_ws,
                              parts, dw_ws)
         self.dh0, self.dc0 = dh0, dc0
@@ -192,8 +207,13 @@ class LSTM(Layer):
         return batch_parts(batch, MIN_PART_ROWS) > 1
 
     def get_config(self):
-        return {"n_in": self.n_in, "n_hidden": self.n_hidden, "return_sequences": self.return_sequences,
-                "stateful": self.stateful, "dtype": self.dtype.name}
+        config = {"n_in": self.n_in, "n_hidden": self.n_hidden, "return_sequences": self.return_sequences,
+                  "stateful": self.stateful, "dtype": self.dtype.name}
+        if self.init != "torch":
+            config["init"] = self.init
+        if self.forget_bias is not None:
+            config["forget_bias"] = self.forget_bias
+        return config
 
     def __repr__(self):
         extra = "" if self.return_sequences else ", return_sequences=False"

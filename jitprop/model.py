@@ -1,8 +1,11 @@
 """Sequential model: a stack of layers with all parameters in one flat vector."""
 
+import contextlib
+
 import numpy as np
 
 from ._checks import as_float_dtype
+from .kernels import ACT_IDENTITY
 from .layers import Activation, Dense, Layer
 
 __all__ = ["Sequential"]
@@ -78,20 +81,31 @@ class Sequential:
                 grads[name] = self.flat_grads[sl].reshape(shape)
                 self.param_slices.append((li, name, sl))
                 off += size
-            layer._bind(params, grads)
+            layer.bind(params, grads)
 
     def _set_fusion(self, on):
         for layer in self.layers:
             if isinstance(layer, Dense):
-                layer._act = 0
+                layer.fuse_activation(ACT_IDENTITY)
             if isinstance(layer, Activation):
-                layer._fused = False
+                layer.set_fused(False)
         if not on:
             return
         for prev, layer in zip(self.layers, self.layers[1:]):
             if isinstance(prev, Dense) and isinstance(layer, Activation):
-                prev._act = layer.code
-                layer._fused = True
+                prev.fuse_activation(layer.code)
+                layer.set_fused(True)
+
+    @property
+    def fuse(self):
+        """Whether a Dense followed by an activation runs as one kernel."""
+        return self._fuse
+
+    @property
+    def layer_outputs(self):
+        """Each layer's output at the last :meth:`forward` (None before it):
+        views of the layers' buffers, for diagnostics."""
+        return self._outputs
 
     @property
     def n_params(self):
@@ -109,13 +123,60 @@ class Sequential:
             raise ValueError(f"flat parameters must have shape {self.flat_params.shape}, got {flat.shape}")
         self.flat_params[...] = flat
 
+    # -- training / evaluation mode ----------------------------------------------------
+    @property
+    def training(self):
+        """True in training mode (the default), False after :meth:`eval`."""
+        return all(layer.training for layer in self.layers)
+
+    def train(self, mode=True):
+        """Put every layer in training mode (``mode=False``: evaluation mode),
+        as ``torch.nn.Module.train``; returns the model."""
+        for layer in self.layers:
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: :class:`~jitprop.Dropout` is the identity."""
+        return self.train(False)
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """Context in which the model is in evaluation mode; each layer's mode
+        is restored afterwards."""
+        modes = [layer.training for layer in self.layers]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for layer, mode in zip(self.layers, modes):
+                layer.training = mode
+
+    # -- input ----------------------------------------------------------------------
+    @property
+    def input_dtype(self):
+        """dtype of the model's input: int64 indices when the first layer takes
+        integer input (an :class:`~jitprop.Embedding`), else :attr:`dtype`."""
+        return np.dtype(np.int64) if self.layers[0].integer_input else self.dtype
+
+    def as_input(self, x, name="x"):
+        """``x`` as a C-contiguous array of :attr:`input_dtype`; raises
+        TypeError when the model takes indices and ``x`` holds no integers
+        (a float array would be truncated silently)."""
+        x = np.asarray(x)
+        if self.layers[0].integer_input and x.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer indices (the first layer is {self.layers[0]!r}), "
+                            f"got dtype {x.dtype}")
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
     # -- computation ----------------------------------------------------------------
     def forward(self, x):
         """Training forward pass.
 
         Parameters
         ----------
-        x : ndarray (batch, *input_shape), the model's dtype, C-contiguous
+        x : ndarray (batch, *input_shape), the model's dtype (any integer
+            dtype when the model takes indices), C-contiguous
 
         Returns
         -------
@@ -124,10 +185,13 @@ class Sequential:
         """
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-        if x.dtype != self.dtype:
+        integer = self.layers[0].integer_input
+        if integer and x.dtype.kind not in "iu":
+            raise TypeError(f"x must hold integer indices (the first layer is {self.layers[0]!r}), got {x.dtype}")
+        if not integer and x.dtype != self.dtype:
             raise TypeError(f"x must have dtype {self.dtype} (the model's dtype), got {x.dtype}; "
                             f"convert once with x.astype(np.{self.dtype})")
-        if x.ndim < 2 or x.shape[0] == 0:
+        if x.ndim < (1 if integer else 2) or x.shape[0] == 0:
             raise ValueError(f"x must have a non-empty leading batch axis, got shape {x.shape}")
         if not x.flags.c_contiguous:
             raise ValueError("x must be C-contiguous (use numpy.ascontiguousarray)")
@@ -165,27 +229,29 @@ class Sequential:
         return dy
 
     def predict(self, x, batch_size=1024):
-        """Inference on any number of rows, in chunks of ``batch_size``.
+        """Inference on any number of rows, in chunks of ``batch_size``, in
+        evaluation mode (dropout off).
 
         Parameters
         ----------
         x : array_like (n, *input_shape)
-            Converted to the model's dtype if needed.
+            Converted to the model's :attr:`input_dtype` if needed.
 
         Returns
         -------
         ndarray (n, *output_shape), a new array.
         """
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim < 2:
+        x = self.as_input(x)
+        if x.ndim < (1 if self.layers[0].integer_input else 2):
             raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")
         n = x.shape[0]
         out = None
-        for s in range(0, n, batch_size):
-            y = self.forward(x[s:s + batch_size])
-            if out is None:
-                out = np.empty((n,) + y.shape[1:], dtype=self.dtype)
-            out[s:s + y.shape[0]] = y
+        with self.eval_mode():
+            for s in range(0, n, batch_size):
+                y = self.forward(x[s:s + batch_size])
+                if out is None:
+                    out = np.empty((n,) + y.shape[1:], dtype=self.dtype)
+                out[s:s + y.shape[0]] = y
         if out is None:
             raise ValueError("x has no rows")
         return out

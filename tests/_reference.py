@@ -75,3 +75,41 @@ def clip(grads, max_norm):
     if coef < 1:
         return [g * coef for g in grads], norm
     return [g.astype(np.float64) for g in grads], norm
+
+
+def adam(p, g, m, v, vmax, t, lr, b1, b2, eps, wd, amsgrad, decoupled):
+    """torch.optim.Adam / AdamW (single-tensor path) written out in float64,
+    with torch's lerp for the first moment; returns new (p, m, v, vmax)."""
+    p, g, m, v = (a.astype(np.float64) for a in (p, g, m, v))
+    if wd != 0:
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+    w = 1 - b1
+    m = m + w * (g - m) if w < 0.5 else g + (w - 1) * (g - m)
+    v = v * b2 + (1 - b2) * g * g
+    vhat = v
+    if amsgrad:
+        vmax = vmax.astype(np.float64)
+        vmax = np.where(np.isnan(vmax) | (vmax > v), vmax, v)
+        vhat = vmax
+    step_size = lr / (1 - b1 ** float(t))
+    bc2 = (1 - b2 ** float(t)) ** 0.5
+    return p - step_size * m / (np.sqrt(vhat) / bc2 + eps), m, v, vmax
+
+
+def _mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_mask(n, p, seed, step):
+    """The kept elements of dropout call ``step`` of a layer seeded ``seed``
+    (splitmix64's finaliser of a Weyl sequence; numpy uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        key = _mix64(_mix64(np.uint64(seed) ^ np.uint64(0x5851F42D4C957F2D)) + np.uint64(step))
+        i = np.arange(1, n + 1, dtype=np.uint64)
+        h = _mix64(key + i * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)
+    return h >= np.uint64(round(p * 2.0 ** 53))

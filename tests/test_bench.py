@@ -123,10 +123,9 @@ def test_peer_workers_run_with_their_own_openmp_defaults(monkeypatch):
     """Importing jitprop sets a short OpenMP spin for jitprop's threads; the
     PyTorch worker must not inherit it (it would change PyTorch's own
     threading), while jitprop's worker keeps it."""
-    import jitprop
-    from jitprop import bench
+    from jitprop import _openmp, bench
 
-    monkeypatch.setattr(jitprop, "_OMP_ENV_SET", {"GOMP_SPINCOUNT": "2000"})
+    monkeypatch.setattr(_openmp, "ENV_SET", {"GOMP_SPINCOUNT": "2000"})
     monkeypatch.setenv("GOMP_SPINCOUNT", "2000")
     peer = bench.worker_env(2, "torch")
     assert "GOMP_SPINCOUNT" not in peer and peer["JITPROP_OMP_DEFAULTS"] == "0"
@@ -136,7 +135,7 @@ def test_peer_workers_run_with_their_own_openmp_defaults(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "5000")
     assert bench.worker_env(2, "torch")["GOMP_SPINCOUNT"] == "5000"
     # and a worker told to keep the defaults does not set them on import
-    code = "import os, jitprop; print(os.environ.get('GOMP_SPINCOUNT'), jitprop._OMP_ENV_SET)"
+    code = "import os, jitprop._openmp as o; print(os.environ.get('GOMP_SPINCOUNT'), o.ENV_SET)"
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", code], env=dict(env, JITPROP_OMP_DEFAULTS="0"),
                          capture_output=True, text=True, check=True).stdout.split()
@@ -347,3 +346,32 @@ def test_extra_rounds_remeasure_both_sides_of_each_unsettled_ratio():
         ("mlp-mid", 1, "jax", None), ("mlp-mid", 2, "jax", None),
     ]
     assert bench.cli.extra_round_configs(results[:2], ["jitprop", "jax"], [1, 2], variants) == []
+
+
+def test_gru_workloads_and_jax_peer_compute_the_jitprop_gru():
+    """The JAX peer's GRU scan gives the same first-step loss as jitprop's
+    GRU workload model with the same weights (the peer's init order:
+    W_x, W_h, b_x, b_h, W_out, b_out from default_rng(0))."""
+    import pytest
+
+    pytest.importorskip("jax")
+    from jitprop.bench import peers, workloads
+
+    for name, H in (("gru-small", 64), ("gru-mid", 256)):
+        spec = bench.WORKLOADS[name]
+        assert spec["kind"] == "gru" and spec["hidden"] == H and spec["T"] == 50
+        labels = [p[0] for p in workloads.step_products(spec)]
+        assert labels[0] == "gru x@W_x (all steps)"
+        assert workloads.step_products(spec)[1][3] == 3 * H          # h @ W_h is (B, H) @ (H, 3H)
+    spec = dict(bench.WORKLOADS["gru-small"], T=5, batch=3, n_batches=1, n_in=4, hidden=6, n_out=2)
+    data = workloads.make_data(spec)
+    step, _ = peers.make_jax_step(spec, data, 1)
+    jax_loss = float(step(0))
+    model, loss = workloads.build_model(spec)
+    gru, dense = model.layers
+    rng = np.random.default_rng(0)
+    for layer, name, fan_in in ((gru, "W_x", 6), (gru, "W_h", 6), (gru, "b_x", 6), (gru, "b_h", 6),
+                                (dense, "W", 6), (dense, "b", 6)):
+        layer.params[name][...] = peers._uniform_init(rng, fan_in, layer.params[name].shape)
+    ours = loss.forward(model.forward(data["X"][0]), data["Y"][0])
+    assert abs(ours - jax_loss) < 1e-5 * max(1.0, abs(ours))

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import load_example as load
+from _helpers import load_example as load
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 
 import pytest
 
-from conftest import load_example as load
+from _helpers import load_example as load
 
 
 def test_digits_mlp_reaches_97_percent(capsys):
@@ -12,3 +12,15 @@ def test_digits_mlp_reaches_97_percent(capsys):
     out = capsys.readouterr().out
     assert acc >= 0.97
     assert "test accuracy" in out and "samples/s" in out
+
+
+def test_training_toolkit_example(capsys):
+    pytest.importorskip("sklearn")
+    results = load("training_toolkit").main(["--epochs", "12", "--hidden", "48"])
+    out = capsys.readouterr().out
+    assert "what each piece contributed" in out and "+ early stopping" in out
+    assert len(results) == 5
+    for r in results.values():
+        assert r["test_accuracy"] > 0.85 and r["epochs"] <= 12
+    # restore_best put back the best epoch: its validation loss is the best one recorded
+    assert results["+ early stopping"]["val_loss"] == results["+ early stopping"]["best_val_loss"]

@@ -52,7 +52,11 @@ ACT_NAMES = {K.ACT_IDENTITY: "identity", K.ACT_RELU: "relu", K.ACT_SIGMOID: "sig
 KERNELS = ["dense_forward", "dense_act_forward", "dense_backward", "dense_backward_params",
            "sigmoid_forward", "relu_forward", "tanh_forward", "activation_forward",
            "sigmoid_backward", "relu_backward", "tanh_backward", "activation_backward",
-           "mse_loss", "softmax_cross_entropy", "sgd_step", "clip_grad_norm", "clip_grad_norm_list"]
+           "mse_loss", "softmax_cross_entropy", "sgd_step", "clip_grad_norm", "clip_grad_norm_list",
+           "lstm_forward", "lstm_backward", "lstm_cell_forward", "lstm_cell_backward",
+           "adam_step", "dropout_apply",
+           "gru_forward", "gru_backward", "gru_cell_forward", "gru_cell_backward",
+           "embedding_forward", "embedding_backward"]
 
 SENTINEL = 1234.5   # fill of float/complex buffer margins
 INT_SENTINEL = 77   # fill of integer/bool buffer margins
@@ -383,7 +387,8 @@ def test_fuzzed_functions_are_the_checked_wrappers():
     """The functions fuzzed here are the checked Python wrappers, not the raw
     Numba dispatchers, which skip all checks by design (README: "raw holds the
     same kernels as Numba dispatchers without checks")."""
-    public = [n for n in K.__all__ if n != "raw" and not n.startswith("ACT_")]
+    public = [n for n in K.__all__ if n not in ("raw", "lstm_workspace_shapes", "gru_workspace_shapes")
+              and not n.startswith("ACT_")]
     assert sorted(public) == sorted(KERNELS)
     for name in KERNELS:
         f = getattr(K, name)
@@ -815,6 +820,514 @@ def test_fuzz_clip_grad_norm_list(data):
 
 
 # ----------------------------------------------------------------------------- the tally
+# ----------------------------------------------------------------------------- LSTM kernels
+# A call the checks accept must give bitwise what the raw kernel gives on clean
+# copies of the same arguments.  float32 recurrences amplify rounding without a
+# bound that holds everywhere, so only float64 calls on data of scale <= 1 are
+# also compared with the float64 reference here (with a margin far above
+# rounding); test_lstm_kernels.py compares both dtypes with references.
+GOOD_PARTS = [1, 1, 2, 3, np.int64(2)]
+BAD_PARTS = [0, -1, 1.5, True, None, "2"]
+
+
+def parts_ok(p):
+    return isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_)) and p >= 1
+
+
+def _sig(z):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def _lstm_step_ref(x_t, h, c, W_x, W_h, b):
+    """One step in float64: gate activations [i, f, g, o], tanh(c_t), h_t, c_t."""
+    H = W_h.shape[0]
+    z = x_t @ W_x + h @ W_h + b
+    i, f, g, o = _sig(z[:, :H]), _sig(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), _sig(z[:, 3 * H:])
+    c_new = f * c + i * g
+    tc = np.tanh(c_new)
+    return np.concatenate([i, f, g, o], axis=1), tc, o * tc, c_new
+
+
+def _lstm_step_grad_ref(gates, c_prev, tanh_c, dh, dc):
+    """Pre-activation gate gradients of one step and dL/dc_{t-1}, from the caches."""
+    H = tanh_c.shape[1]
+    i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    dc = dc + dh * o * (1.0 - tanh_c ** 2)
+    dz = np.concatenate([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f),
+                         dc * i * (1.0 - g ** 2), dh * tanh_c * o * (1.0 - o)], axis=1)
+    return dz, dc * f
+
+
+def _near(actual, expected, what):
+    big = 1.0 + float(np.max(np.abs(expected), initial=0.0))
+    assert np.all(np.abs(np.asarray(actual, np.float64) - expected) <= 1e-7 * big), what
+
+
+def _lstm_case(draw, cell):
+    c = Case(draw)
+    c.special = "finite"  # NaN/inf through the float32 gate polynomials: test_lstm_kernels.py
+    B, T, n_in, H = (draw(DIM), 1 if cell else draw(DIM), draw(DIM), draw(DIM))
+    return c, B, T, n_in, H, draw(st.sampled_from(FLOATS))
+
+
+def _copied(args):
+    """``args`` with every array copied; an array passed twice gets one copy."""
+    copies = {}
+    for a in args:
+        if isinstance(a, np.ndarray) and id(a) not in copies:
+            copies[id(a)] = np.array(a, copy=True)
+    return [copies[id(a)] if isinstance(a, np.ndarray) else a for a in args]
+
+
+def _same_as_raw(raw_fn, args, raw_args, out_positions):
+    raw_fn(*raw_args)
+    for k in out_positions:
+        if args[k] is not None:
+            assert args[k].tobytes() == raw_args[k].tobytes(), f"argument {k} differs from the raw kernel's"
+
+
+def _reference_wanted(c, dtype):
+    return np.dtype(dtype) == FLOATS[1] and c.scale <= 1.0
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_lstm_forward(data):
+    draw = data.draw
+    c, B, T, n_in, H, dtype = _lstm_case(draw, cell=False)
+    specs = [("x", (B, T, n_in), "in"), ("W_x", (n_in, 4 * H), "in"), ("W_h", (H, 4 * H), "in"),
+             ("b", (4 * H,), "in"), ("h0", (B, H), "in"), ("c0", (B, H), "in"), ("h_seq", (B, T, H), "out"),
+             ("h_T", (B, H), "out"), ("c_T", (B, H), "out"), ("gates", (B, T, 4 * H), "out"),
+             ("states", (3, B, T, H), "out"), ("step_ws", (B, 4 * H), "out")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[("h_T", "h0"), ("c_T", "c0"), ("h_seq", "x"), ("gates", "step_ws"),
+                                        ("h_T", "c_T"), ("W_x", "W_h")])
+    parts = draw(st.sampled_from(GOOD_PARTS * 3 + BAD_PARTS))
+    expect = worst(c.verdict(identity_ok=[("h_T", "h0"), ("c_T", "c0")]), "ok" if parts_ok(parts) else "err")
+    v = c.vals
+    args = [v[n] for n in names] + [parts]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is None
+        _same_as_raw(raw.lstm_forward, args, raw_args, range(6, 12))
+        if not _reference_wanted(c, dtype):
+            return
+        h, cc = cp["h0"], cp["c0"]
+        for t in range(T):
+            gates, tc, h_new, c_new = _lstm_step_ref(cp["x"][:, t], h, cc, cp["W_x"], cp["W_h"], cp["b"])
+            for name, got, want in (("gates", v["gates"][:, t], gates), ("c_prev", v["states"][0, :, t], cc),
+                                    ("tanh_c", v["states"][1, :, t], tc), ("h_prev", v["states"][2, :, t], h),
+                                    ("h_seq", v["h_seq"][:, t], h_new)):
+                _near(got, want, name)
+            h, cc = h_new, c_new
+        _near(v["h_T"], h, "h_T")
+        _near(v["c_T"], cc, "c_T")
+    run("lstm_forward", K.lstm_forward, args, names + ["parts"], c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_lstm_backward(data):
+    draw = data.draw
+    c, B, T, n_in, H, dtype = _lstm_case(draw, cell=False)
+    with_dx = draw(st.booleans())
+    parts = draw(st.sampled_from(GOOD_PARTS * 3 + BAD_PARTS))
+    specs = [("x", (B, T, n_in), "in"), ("W_x", (n_in, 4 * H), "in"), ("W_h", (H, 4 * H), "in"),
+             ("dh_seq", (B, T, H), "in"), ("dh_T", (B, H), "in"), ("dc_T", (B, H), "in"),
+             ("gates", (B, T, 4 * H), "in"), ("states", (3, B, T, H), "in"), ("dx", (B, T, n_in), "out"),
+             ("dW_x", (n_in, 4 * H), "out"), ("dW_h", (H, 4 * H), "out"), ("db", (4 * H,), "out"),
+             ("dh0", (B, H), "out"), ("dc0", (B, H), "out"), ("dgates", (B, T, 4 * H), "out"),
+             ("step_ws", (B, 4 * H), "out")]
+    uses_ws = parts_ok(parts) and parts > 1 and B > 1
+    if uses_ws:
+        active = -(-B // -(-B // int(parts)))   # parts that hold rows
+        specs.append(("dw_ws", (active - 1 + draw(st.sampled_from([0, 0, 1])), (n_in + H) * 4 * H), "out"))
+    if not with_dx:
+        specs = [s for s in specs if s[0] != "dx"]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[p for p in [("dh0", "dh_T"), ("dc0", "dc_T"), ("dW_h", "W_h"),
+                                                    ("dgates", "gates"), ("dx", "x"), ("gates", "states"),
+                                                    ("dw_ws", "dW_x")] if p[0] in names],
+             any_shape=("dw_ws",))
+    v = c.vals
+    expect = worst(c.verdict(identity_ok=[("dh0", "dh_T"), ("dc0", "dc_T")], any_shape=("dw_ws",)),
+                   "ok" if parts_ok(parts) else "err")
+    ws = v.get("dw_ws")
+    if isinstance(ws, np.ndarray) and (ws.ndim != 2 or ws.shape[0] < active - 1
+                                       or ws.shape[1] != (n_in + H) * 4 * H):
+        expect = "err"
+    order = ["x", "W_x", "W_h", "dh_seq", "dh_T", "dc_T", "gates", "states", "dx", "dW_x", "dW_h", "db", "dh0",
+             "dc0", "dgates", "step_ws"]
+    args = [v.get(n) for n in order] + [parts, ws]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is None
+        _same_as_raw(raw.lstm_backward, args, raw_args, list(range(8, 16)) + [17])
+        if not _reference_wanted(c, dtype):
+            return
+        dh_next, dc_next = cp["dh_T"], cp["dc_T"]
+        dW_x, dW_h, db = np.zeros((n_in, 4 * H)), np.zeros((H, 4 * H)), np.zeros(4 * H)
+        for t in range(T - 1, -1, -1):
+            dz, dc_next = _lstm_step_grad_ref(cp["gates"][:, t], cp["states"][0, :, t], cp["states"][1, :, t],
+                                              cp["dh_seq"][:, t] + dh_next, dc_next)
+            _near(v["dgates"][:, t], dz, "dgates")
+            if with_dx:
+                _near(v["dx"][:, t], dz @ cp["W_x"].T, "dx")
+            dW_x += cp["x"][:, t].T @ dz
+            dW_h += cp["states"][2, :, t].T @ dz
+            db += dz.sum(axis=0)
+            dh_next = dz @ cp["W_h"].T
+        for name, want in (("dW_x", dW_x), ("dW_h", dW_h), ("db", db), ("dh0", dh_next), ("dc0", dc_next)):
+            _near(v[name], want, name)
+    run("lstm_backward", K.lstm_backward, args, names + ["parts"], c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_lstm_cell_forward(data):
+    draw = data.draw
+    c, B, _, n_in, H, dtype = _lstm_case(draw, cell=True)
+    specs = [("x_t", (B, n_in), "in"), ("h_prev", (B, H), "in"), ("c_prev", (B, H), "in"),
+             ("W_x", (n_in, 4 * H), "in"), ("W_h", (H, 4 * H), "in"), ("b", (4 * H,), "in"),
+             ("h", (B, H), "out"), ("c", (B, H), "out"), ("gates", (B, 4 * H), "out"),
+             ("tanh_c", (B, H), "out"), ("step_ws", (B, 4 * H), "out")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[("h", "h_prev"), ("c", "c_prev"), ("gates", "step_ws"), ("h", "c")])
+    expect = c.verdict(identity_ok=[("h", "h_prev"), ("c", "c_prev")])
+    v = c.vals
+    args = [v[n] for n in names]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is None
+        _same_as_raw(raw.lstm_cell_forward, args, raw_args, range(6, 11))
+        if _reference_wanted(c, dtype):
+            gates, tc, h, cc = _lstm_step_ref(cp["x_t"], cp["h_prev"], cp["c_prev"], cp["W_x"], cp["W_h"], cp["b"])
+            for name, want in (("gates", gates), ("tanh_c", tc), ("h", h), ("c", cc)):
+                _near(v[name], want, name)
+    run("lstm_cell_forward", K.lstm_cell_forward, args, names, c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_lstm_cell_backward(data):
+    draw = data.draw
+    c, B, _, n_in, H, dtype = _lstm_case(draw, cell=True)
+    accumulate, with_dx = draw(st.booleans()), draw(st.booleans())
+    grad_role = "inout" if accumulate else "out"
+    specs = [("x_t", (B, n_in), "in"), ("h_prev", (B, H), "in"), ("c_prev", (B, H), "in"),
+             ("W_x", (n_in, 4 * H), "in"), ("W_h", (H, 4 * H), "in"), ("gates", (B, 4 * H), "in"),
+             ("tanh_c", (B, H), "in"), ("dh", (B, H), "in"), ("dc", (B, H), "in"), ("dx_t", (B, n_in), "out"),
+             ("dh_prev", (B, H), "out"), ("dc_prev", (B, H), "out"), ("dW_x", (n_in, 4 * H), grad_role),
+             ("dW_h", (H, 4 * H), grad_role), ("db", (4 * H,), grad_role), ("dgates", (B, 4 * H), "out"),
+             ("accum_ws", (n_in + H, 4 * H), "out")]
+    specs = [s for s in specs if (with_dx or s[0] != "dx_t") and (accumulate or s[0] != "accum_ws")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[p for p in [("dh_prev", "dh"), ("dc_prev", "dc"), ("dW_h", "W_h"),
+                                                    ("dgates", "gates"), ("accum_ws", "dW_x")] if p[0] in names])
+    v = c.vals
+    expect = c.verdict(identity_ok=[("dh_prev", "dh"), ("dc_prev", "dc")])
+    order = ["x_t", "h_prev", "c_prev", "W_x", "W_h", "gates", "tanh_c", "dh", "dc", "dx_t", "dh_prev", "dc_prev",
+             "dW_x", "dW_h", "db", "dgates", "accum_ws"]
+    args = [v.get(n) for n in order]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is None
+        _same_as_raw(raw.lstm_cell_backward, args, raw_args, range(9, 17))
+        if not _reference_wanted(c, dtype):
+            return
+        dz, dc_prev = _lstm_step_grad_ref(cp["gates"], cp["c_prev"], cp["tanh_c"], cp["dh"], cp["dc"])
+        base = {k: (cp[k] if accumulate else 0.0) for k in ("dW_x", "dW_h", "db")}
+        wants = [("dgates", dz), ("dc_prev", dc_prev), ("dh_prev", dz @ cp["W_h"].T),
+                 ("dW_x", base["dW_x"] + cp["x_t"].T @ dz), ("dW_h", base["dW_h"] + cp["h_prev"].T @ dz),
+                 ("db", base["db"] + dz.sum(axis=0))]
+        if with_dx:
+            wants.append(("dx_t", dz @ cp["W_x"].T))
+        for name, want in wants:
+            _near(v[name], want, name)
+    run("lstm_cell_backward", K.lstm_cell_backward, args, names, c.arena, expect, check, c.outputs())
+
+
+# ----------------------------------------------------------------------------- GRU
+def _gru_step_ref(x_t, h, W_x, W_h, b_x, b_h):
+    """One step in float64: activations [r, z, n], u_n, h_t."""
+    H = W_h.shape[0]
+    a = x_t @ W_x + b_x
+    u = h @ W_h + b_h
+    r, z = _sig(a[:, :H] + u[:, :H]), _sig(a[:, H:2 * H] + u[:, H:2 * H])
+    n = np.tanh(a[:, 2 * H:] + r * u[:, 2 * H:])
+    return np.concatenate([r, z, n], axis=1), u[:, 2 * H:], (1.0 - z) * n + z * h
+
+
+def _gru_step_grad_ref(gates, h_prev, un, dh):
+    """x-side and h-side pre-activation gradients of one step, and the direct part d * z."""
+    H = un.shape[1]
+    r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+    dan = dh * (1.0 - z) * (1.0 - n * n)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    dr = dan * un * r * (1.0 - r)
+    return np.concatenate([dr, dz, dan], axis=1), np.concatenate([dr, dz, dan * r], axis=1), dh * z
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_forward(data):
+    draw = data.draw
+    c, B, T, n_in, H, dtype = _lstm_case(draw, cell=False)
+    specs = [("x", (B, T, n_in), "in"), ("W_x", (n_in, 3 * H), "in"), ("W_h", (H, 3 * H), "in"),
+             ("b_x", (3 * H,), "in"), ("b_h", (3 * H,), "in"), ("h0", (B, H), "in"), ("h_seq", (B, T, H), "out"),
+             ("h_T", (B, H), "out"), ("gates", (B, T, 3 * H), "out"), ("states", (2, B, T, H), "out"),
+             ("step_ws", (B, 3 * H), "out")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[("h_T", "h0"), ("h_seq", "x"), ("gates", "step_ws"), ("W_x", "W_h"),
+                                        ("b_x", "b_h"), ("states", "h_seq")])
+    parts = draw(st.sampled_from(GOOD_PARTS * 3 + BAD_PARTS))
+    expect = worst(c.verdict(identity_ok=[("h_T", "h0")]), "ok" if parts_ok(parts) else "err")
+    v = c.vals
+    args = [v[n] for n in names] + [parts]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result[0] is v["h_seq"] and result[1] is v["h_T"]
+        _same_as_raw(raw.gru_forward, args, raw_args, range(6, 11))
+        if not _reference_wanted(c, dtype):
+            return
+        h = cp["h0"]
+        for t in range(T):
+            gates, un, h_new = _gru_step_ref(cp["x"][:, t], h, cp["W_x"], cp["W_h"], cp["b_x"], cp["b_h"])
+            for name, got, want in (("gates", v["gates"][:, t], gates), ("h_prev", v["states"][0, :, t], h),
+                                    ("u_n", v["states"][1, :, t], un), ("h_seq", v["h_seq"][:, t], h_new)):
+                _near(got, want, name)
+            h = h_new
+        _near(v["h_T"], h, "h_T")
+    run("gru_forward", K.gru_forward, args, names + ["parts"], c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_backward(data):
+    draw = data.draw
+    c, B, T, n_in, H, dtype = _lstm_case(draw, cell=False)
+    with_dx = draw(st.booleans())
+    parts = draw(st.sampled_from(GOOD_PARTS * 3 + BAD_PARTS))
+    G = 3 * H
+    specs = [("x", (B, T, n_in), "in"), ("W_x", (n_in, G), "in"), ("W_h", (H, G), "in"),
+             ("dh_seq", (B, T, H), "in"), ("dh_T", (B, H), "in"), ("gates", (B, T, G), "in"),
+             ("states", (2, B, T, H), "in"), ("dx", (B, T, n_in), "out"), ("dW_x", (n_in, G), "out"),
+             ("dW_h", (H, G), "out"), ("db_x", (G,), "out"), ("db_h", (G,), "out"), ("dh0", (B, H), "out"),
+             ("dgates", (B, T, G), "out"), ("dgates_h", (B, T, G), "out"), ("step_ws", (B, G), "out"),
+             ("dh_ws", (B, H), "out")]
+    uses_ws = parts_ok(parts) and parts > 1 and B > 1
+    if uses_ws:
+        active = -(-B // -(-B // int(parts)))   # parts that hold rows
+        specs.append(("dw_ws", (active - 1 + draw(st.sampled_from([0, 0, 1])), (n_in + H) * G), "out"))
+    if not with_dx:
+        specs = [s for s in specs if s[0] != "dx"]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[p for p in [("dh0", "dh_T"), ("dW_h", "W_h"), ("dgates", "gates"),
+                                                    ("dx", "x"), ("gates", "states"), ("dw_ws", "dW_x"),
+                                                    ("dgates_h", "dgates"), ("dh_ws", "dh0")] if p[0] in names],
+             any_shape=("dw_ws",))
+    v = c.vals
+    expect = worst(c.verdict(identity_ok=[("dh0", "dh_T")], any_shape=("dw_ws",)),
+                   "ok" if parts_ok(parts) else "err")
+    ws = v.get("dw_ws")
+    if isinstance(ws, np.ndarray) and (ws.ndim != 2 or ws.shape[0] < active - 1 or ws.shape[1] != (n_in + H) * G):
+        expect = "err"
+    order = ["x", "W_x", "W_h", "dh_seq", "dh_T", "gates", "states", "dx", "dW_x", "dW_h", "db_x", "db_h", "dh0",
+             "dgates", "dgates_h", "step_ws", "dh_ws"]
+    args = [v.get(n) for n in order] + [parts, ws]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result[5] is v["dh0"]
+        _same_as_raw(raw.gru_backward, args, raw_args, list(range(7, 17)) + [18])
+        if not _reference_wanted(c, dtype):
+            return
+        dh_next = cp["dh_T"]
+        dW_x, dW_h, db_x, db_h = np.zeros((n_in, G)), np.zeros((H, G)), np.zeros(G), np.zeros(G)
+        for t in range(T - 1, -1, -1):
+            hp = cp["states"][0, :, t]
+            da, du, direct = _gru_step_grad_ref(cp["gates"][:, t], hp, cp["states"][1, :, t],
+                                                cp["dh_seq"][:, t] + dh_next)
+            _near(v["dgates"][:, t], da, "dgates")
+            _near(v["dgates_h"][:, t], du, "dgates_h")
+            if with_dx:
+                _near(v["dx"][:, t], da @ cp["W_x"].T, "dx")
+            dW_x += cp["x"][:, t].T @ da
+            dW_h += hp.T @ du
+            db_x += da.sum(axis=0)
+            db_h += du.sum(axis=0)
+            dh_next = direct + du @ cp["W_h"].T
+        for name, want in (("dW_x", dW_x), ("dW_h", dW_h), ("db_x", db_x), ("db_h", db_h), ("dh0", dh_next)):
+            _near(v[name], want, name)
+    run("gru_backward", K.gru_backward, args, names + ["parts"], c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_cell_forward(data):
+    draw = data.draw
+    c, B, _, n_in, H, dtype = _lstm_case(draw, cell=True)
+    specs = [("x_t", (B, n_in), "in"), ("h_prev", (B, H), "in"), ("W_x", (n_in, 3 * H), "in"),
+             ("W_h", (H, 3 * H), "in"), ("b_x", (3 * H,), "in"), ("b_h", (3 * H,), "in"), ("h", (B, H), "out"),
+             ("gates", (B, 3 * H), "out"), ("hn", (B, H), "out"), ("step_ws", (B, 3 * H), "out")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[("h", "h_prev"), ("gates", "step_ws"), ("h", "hn"), ("hn", "W_h")])
+    expect = c.verdict(identity_ok=[("h", "h_prev")])
+    v = c.vals
+    args = [v[n] for n in names]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is v["h"]
+        _same_as_raw(raw.gru_cell_forward, args, raw_args, range(6, 10))
+        if _reference_wanted(c, dtype):
+            gates, un, h = _gru_step_ref(cp["x_t"], cp["h_prev"], cp["W_x"], cp["W_h"], cp["b_x"], cp["b_h"])
+            for name, want in (("gates", gates), ("hn", un), ("h", h)):
+                _near(v[name], want, name)
+    run("gru_cell_forward", K.gru_cell_forward, args, names, c.arena, expect, check, c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_cell_backward(data):
+    draw = data.draw
+    c, B, _, n_in, H, dtype = _lstm_case(draw, cell=True)
+    accumulate, with_dx = draw(st.booleans()), draw(st.booleans())
+    grad_role = "inout" if accumulate else "out"
+    G = 3 * H
+    specs = [("x_t", (B, n_in), "in"), ("h_prev", (B, H), "in"), ("W_x", (n_in, G), "in"), ("W_h", (H, G), "in"),
+             ("gates", (B, G), "in"), ("hn", (B, H), "in"), ("dh", (B, H), "in"), ("dx_t", (B, n_in), "out"),
+             ("dh_prev", (B, H), "out"), ("dW_x", (n_in, G), grad_role), ("dW_h", (H, G), grad_role),
+             ("db_x", (G,), grad_role), ("db_h", (G,), grad_role), ("dgates", (B, G), "out"),
+             ("dgates_h", (B, G), "out"), ("dh_ws", (B, H), "out"), ("accum_ws", (n_in + H, G), "out")]
+    specs = [s for s in specs if (with_dx or s[0] != "dx_t") and (accumulate or s[0] != "accum_ws")]
+    names = [n for n, _, _ in specs]
+    c.arrays(specs, dtype, alias_pairs=[p for p in [("dh_prev", "dh"), ("dW_h", "W_h"), ("dgates", "gates"),
+                                                    ("accum_ws", "dW_x"), ("dh_ws", "dh")] if p[0] in names])
+    v = c.vals
+    expect = c.verdict(identity_ok=[("dh_prev", "dh")])
+    order = ["x_t", "h_prev", "W_x", "W_h", "gates", "hn", "dh", "dx_t", "dh_prev", "dW_x", "dW_h", "db_x", "db_h",
+             "dgates", "dgates_h", "dh_ws", "accum_ws"]
+    args = [v.get(n) for n in order]
+    raw_args, cp = _copied(args), c.copies()
+
+    def check(result):
+        assert result is v["dh_prev"]
+        _same_as_raw(raw.gru_cell_backward, args, raw_args, range(7, 17))
+        if not _reference_wanted(c, dtype):
+            return
+        da, du, direct = _gru_step_grad_ref(cp["gates"], cp["h_prev"], cp["hn"], cp["dh"])
+        base = {k: (cp[k] if accumulate else 0.0) for k in ("dW_x", "dW_h", "db_x", "db_h")}
+        wants = [("dgates", da), ("dgates_h", du), ("dh_prev", direct + du @ cp["W_h"].T),
+                 ("dW_x", base["dW_x"] + cp["x_t"].T @ da), ("dW_h", base["dW_h"] + cp["h_prev"].T @ du),
+                 ("db_x", base["db_x"] + da.sum(axis=0)), ("db_h", base["db_h"] + du.sum(axis=0))]
+        if with_dx:
+            wants.append(("dx_t", da @ cp["W_x"].T))
+        for name, want in wants:
+            _near(v[name], want, name)
+    run("gru_cell_backward", K.gru_cell_backward, args, names, c.arena, expect, check, c.outputs())
+
+
+# ----------------------------------------------------------------------------- embedding
+INDEX_MODES = ["ok"] * 12 + ["range", "float", "bool", "nonnative", "layout", "list", "2d", "alias_out"]
+
+
+def _fuzz_embedding(draw, backward):
+    c = Case(draw)
+    N, V, D = draw(DIM), draw(DIM), draw(DIM)
+    dtype = np.dtype(draw(st.sampled_from(FLOATS)))
+    if backward:
+        specs = [("dy", (N, D), "in"), ("dW", (V, D), "out")]
+        alias_pairs = [("dW", "dy")]
+    else:
+        specs = [("W", (V, D), "in"), ("out", (N, D), "out")]
+        alias_pairs = [("out", "W")]
+    c.arrays(specs, dtype, alias_pairs=alias_pairs)
+    expect = c.verdict()
+    out_name = specs[1][0]
+    mode = draw(st.sampled_from(INDEX_MODES))
+    idt = draw(st.sampled_from(INT_DTYPES))
+    values = c.rng.integers(0, max(V, 1), N).astype(np.float64)
+    shape, layout = (N,), "C"
+    if mode == "range" and N:
+        values[draw(st.integers(0, N - 1))] = -1 if idt.kind == "i" and draw(st.booleans()) else V + draw(
+            st.integers(0, 2))
+    elif mode == "float":
+        idt = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    elif mode == "bool":
+        idt = np.dtype(np.bool_)
+    elif mode == "nonnative":
+        idt = idt.newbyteorder()
+    elif mode == "layout":
+        layout = draw(st.sampled_from("SR"))
+    elif mode == "2d":
+        shape, values = (N, 1), values.reshape(N, 1)
+    if mode == "alias_out":
+        # indices reinterpreting the bytes of the output (zeros: index 0)
+        idt = np.dtype(np.int64 if dtype == FLOATS[1] else np.int32)
+        tshape = specs[1][1]
+        flat = c.arena.alloc(max(prod(tshape), N), dtype)
+        flat[...] = 0.0
+        c.vals[out_name] = flat[:prod(tshape)].reshape(tshape)
+        indices = flat.view(idt)[:N]
+        expect = c.verdict()
+    else:
+        indices = c.arena.array(shape, idt, values, layout)
+        if mode == "list":
+            indices = indices.tolist()
+    iv = "ok"
+    if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu" or not indices.dtype.isnative:
+        iv = "err"
+    elif indices.shape != (N,) or not indices.flags.c_contiguous:
+        iv = "err"
+    elif N and (int(indices.min()) < 0 or int(indices.max()) >= V):
+        iv = "err"
+    elif isinstance(c.vals[out_name], np.ndarray) and np.shares_memory(indices, c.vals[out_name]):
+        iv = "err"
+    elif isinstance(c.vals[specs[0][0]], np.ndarray) and np.shares_memory(indices, c.vals[specs[0][0]]):
+        iv = "either"
+    c.vals["indices"] = indices
+    return c, worst(expect, iv), indices, specs, N, V, D, dtype
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_embedding_forward(data):
+    c, expect, indices, specs, N, V, D, dtype = _fuzz_embedding(data.draw, backward=False)
+    v = c.vals
+    args = [indices, v["W"], v["out"]]
+    cp = c.copies()
+
+    def check(result):
+        assert result is v["out"]
+        assert np.array_equal(v["out"], cp["W"][cp["indices"].astype(np.int64)], equal_nan=True)
+    run("embedding_forward", K.embedding_forward, args, ["indices", "W", "out"], c.arena, expect, check,
+        c.outputs())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_embedding_backward(data):
+    c, expect, indices, specs, N, V, D, dtype = _fuzz_embedding(data.draw, backward=True)
+    v = c.vals
+    args = [indices, v["dy"], v["dW"]]
+    cp = c.copies()
+
+    def check(result):
+        assert result is v["dW"]
+        want = np.zeros((V, D), dtype)
+        np.add.at(want, cp["indices"].astype(np.int64), cp["dy"])     # in index order, as the kernel adds
+        assert np.array_equal(v["dW"], want, equal_nan=True)
+    run("embedding_backward", K.embedding_backward, args, ["indices", "dy", "dW"], c.arena, expect, check,
+        c.outputs())
+
+
 def test_zz_both_outcomes_seen():
     """Every kernel fuzzed in this run gave both clean errors and correct results
     (runs last, by file order; kernels not run in this session are skipped)."""
@@ -822,3 +1335,112 @@ def test_zz_both_outcomes_seen():
         c = PER_KERNEL[name]
         if c["cases"] >= 50:
             assert c["error"] > 0 and c["ok"] > 0, (name, dict(c))
+
+
+# ----------------------------------------------------------------------------- Adam and dropout
+GOOD_BETAS = [0.0, 0.3, 0.9, 0.999, np.float32(0.5), np.float64(0.8)]
+BAD_BETAS = [1.0, 1.5, 2, -0.1, float("nan"), float("inf"), "0.9", None, True, np.array(0.9)]
+GOOD_STEPS = [1, 2, 10, np.int64(3), np.uint8(7), 2 ** 40]
+BAD_STEPS = [0, -1, 1.0, True, None, "1", np.array([1]), 2 ** 63]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_adam_step(data):
+    draw = data.draw
+    c = Case(draw)
+    n = 33000 if draw(BIG) else draw(st.integers(0, 9))
+    dtype = draw(st.sampled_from(FLOATS))
+    amsgrad = draw(st.sampled_from([False, True] * 4 + [None, 1, "yes"]))
+    ams = amsgrad is True
+    specs = [("p", (n,), "inout"), ("g", (n,), "in"), ("m", (n,), "inout"), ("v", (n,), "inout")]
+    if ams:
+        specs.append(("vmax", (n,), "inout"))
+    names = [s[0] for s in specs]
+    c.arrays(specs, dtype, alias_pairs=[(a, b) for i, a in enumerate(names) for b in names[i + 1:]])
+    for name in ("v", "vmax"):  # second moments are >= 0 (a state Adam can reach)
+        a = c.vals.get(name)
+        if isinstance(a, np.ndarray) and a.flags.writeable and a.dtype in FLOATS:
+            a[...] = np.abs(a)
+    vmax = c.vals["vmax"] if ams else draw(st.sampled_from([None, np.zeros(0, dtype), np.zeros(3)]))
+    spoil = draw(st.sampled_from([None] * 20 + ["step", "lr", "beta1", "beta2", "eps", "weight_decay",
+                                                "decoupled"]))
+    step = draw(st.sampled_from(BAD_STEPS if spoil == "step" else GOOD_STEPS))
+    lr, eps, wd = (draw(st.sampled_from(BAD_REALS if spoil == s else [0.0, 1e-3, 0.1, np.float32(0.01), 1]))
+                   for s in ("lr", "eps", "weight_decay"))
+    b1, b2 = (draw(st.sampled_from(BAD_BETAS if spoil == s else GOOD_BETAS)) for s in ("beta1", "beta2"))
+    decoupled = draw(st.sampled_from([None, 0, "no"] if spoil == "decoupled" else [False, True, np.bool_(True)]))
+    expect = c.verdict()
+    beta_ok = all(real_ok(b) and float(b) < 1 for b in (b1, b2))
+    step_ok = isinstance(step, (int, np.integer)) and not isinstance(step, (bool, np.bool_)) and 1 <= step < 2 ** 63
+    if not (real_ok(lr) and real_ok(eps) and real_ok(wd) and beta_ok and step_ok) \
+            or not isinstance(amsgrad, (bool, np.bool_)) or not isinstance(decoupled, (bool, np.bool_)):
+        expect = "err"
+    cp = c.copies()
+    p, m, v = c.vals["p"], c.vals["m"], c.vals["v"]
+
+    def check(result):
+        assert result is p
+        want = ref.adam(cp["p"], cp["g"], cp["m"], cp["v"], cp.get("vmax", np.zeros(0)), int(step), float(lr),
+                        float(b1), float(b2), float(eps), float(wd), ams, bool(decoupled))
+        fin = np.isfinite(cp["p"]) & np.isfinite(cp["g"]) & np.isfinite(cp["m"]) & np.isfinite(cp["v"])
+        if ams:
+            fin &= np.isfinite(cp["vmax"])
+        step_size = float(lr) / (1 - float(b1) ** int(step))
+        bc2 = (1 - float(b2) ** int(step)) ** 0.5
+        vhat = want[3] if ams else want[2]
+        den = np.sqrt(np.abs(vhat)) / bc2 + float(eps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            upd = step_size * (absf(cp["m"]) + absf(cp["g"]) + float(wd) * absf(cp["p"])) / den
+        mag = 1 + absf(cp["p"]) + np.nan_to_num(upd, nan=0.0, posinf=0.0)
+        assert_close(p[fin], want[0][fin], p.dtype, mag[fin], "p")
+        mmag = 1 + absf(cp["m"]) + absf(cp["g"]) + float(wd) * absf(cp["p"])
+        assert_close(m[fin], want[1][fin], p.dtype, mmag[fin], "m")
+        assert_close(v[fin], want[2][fin], p.dtype, (mmag ** 2 + absf(cp["v"]))[fin], "v")
+        if ams:
+            assert_close(c.vals["vmax"][fin], want[3][fin], p.dtype, (mmag ** 2 + absf(cp["vmax"]))[fin], "vmax")
+        elif isinstance(vmax, np.ndarray):
+            assert vmax.tobytes() == np.zeros_like(vmax).tobytes(), "vmax written without amsgrad"
+
+    args = [p, c.vals["g"], m, v, vmax, step, lr, b1, b2, eps, wd, amsgrad, decoupled]
+    run("adam_step", K.adam_step, args, ["p", "g", "m", "v", "vmax", "step", "lr", "beta1", "beta2", "eps",
+                                         "weight_decay", "amsgrad", "decoupled"],
+        c.arena, expect, check, c.outputs())
+
+
+GOOD_P = [0.0, 0.1, 0.5, 0.9, np.float32(0.25), 0]
+BAD_P = [1.0, 1, -0.1, 1.5, float("nan"), float("inf"), "0.1", None, True, np.array(0.5)]
+GOOD_SEEDS = [0, 1, 12345, 2 ** 62, np.int64(5), np.uint32(9)]
+BAD_SEEDS = [-1, 2 ** 63, 1.5, None, True, "1", np.array([1])]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_dropout_apply(data):
+    draw = data.draw
+    c = Case(draw)
+    shape = (33000,) if draw(BIG) else draw(SHAPE)
+    dtype = draw(st.sampled_from(FLOATS))
+    c.arrays([("x", shape, "in"), ("out", shape, "out")], dtype, alias_pairs=[("x", "out")])
+    spoil = draw(st.sampled_from([None] * 6 + ["p", "seed", "step"]))
+    p = draw(st.sampled_from(BAD_P if spoil == "p" else GOOD_P))
+    seed, step = (draw(st.sampled_from(BAD_SEEDS if spoil == s else GOOD_SEEDS)) for s in ("seed", "step"))
+    expect = c.verdict(identity_ok=[("x", "out")])
+    ints_ok = all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and 0 <= k < 2 ** 63
+                  for k in (seed, step))
+    if not (real_ok(p) and float(p) < 1 and ints_ok):
+        expect = "err"
+    cp = c.copies()
+    out = c.vals["out"]
+
+    def check(result):
+        assert result is out
+        x = cp["x"]
+        keep = ref.dropout_mask(x.size, float(p), int(seed), int(step)).reshape(x.shape)
+        dt = x.dtype  # the arrays' dtype (both may differ from the drawn one)
+        scale = dt.type(1.0 / (1.0 - float(p)))
+        want = np.where(keep, x * scale, np.zeros((), dt))  # the product in the dtype: exact match
+        assert out.tobytes() == want.astype(dt).tobytes(), "dropout output differs from the reference"
+
+    run("dropout_apply", K.dropout_apply, [c.vals["x"], out, p, seed, step], ["x", "out", "p", "seed", "step"],
+        c.arena, expect, check, c.outputs())

@@ -11,7 +11,7 @@ from jitprop.kernels import raw as R
 from jitprop.kernels._core import FASTMATH
 
 import _reference as ref
-from conftest import tol
+from _helpers import tol
 
 DTYPES = [np.float32, np.float64]
 ACTS = {"identity": K.ACT_IDENTITY, "relu": K.ACT_RELU, "sigmoid": K.ACT_SIGMOID, "tanh": K.ACT_TANH}

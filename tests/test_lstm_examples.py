@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from conftest import load_example as load
+from _helpers import load_example as load
 
 
 @pytest.mark.slow
@@ -32,6 +33,27 @@ def test_char_lstm_pieces():
     H = mod.unigram_entropy(train_ids, len(vocab))
     assert 0 < H <= math.log(len(vocab))
     assert mod.unigram_entropy(train_ids[:1].repeat(10), len(vocab)) == 0.0
+
+
+@pytest.mark.slow
+def test_char_gru_variant_beats_unigram_entropy(capsys):
+    res = load("char_lstm").main(["--quick", "--no-progress", "--cell", "gru", "--sample-length", "40"])
+    # quick mode ends near 0.57 of the unigram entropy at the GRU's default rate
+    assert res["cell"] == "gru" and res["loss"][-1] < 0.85 * res["entropy"]
+    assert len(res["sample"]) == 40 and "GRU(32, 64" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_char_model_takes_character_ids(cell):
+    mod = load("char_lstm")
+    ids, _, vocab = mod.load_text(3_000)
+    model = mod.build(len(vocab), 8, cell=cell, embed_dim=5)
+    assert mod.recurrent_layer(model).n_in == 5 and model.input_dtype.kind == "i"
+    hist = mod.train(model, ids, len(vocab), epochs=1, batch_size=4, steps=8, lr=0.5, progress=False,
+                     log=lambda line: None)
+    assert hist["loss"][0] < 1.1 * np.log(len(vocab))
+    text = mod.sample(model, vocab, "The ", length=7)
+    assert len(text) == 7 and set(text) <= set(vocab)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests of the compiled LSTM kernels in jitprop.kernels._lstm."""
+"""Tests of the LSTM kernels: raw (jitprop.kernels.raw) and checked (jitprop.kernels)."""
 
 import json
 import os
@@ -11,7 +11,9 @@ import numba
 import numpy as np
 import pytest
 
-from jitprop.kernels import _lstm as L
+import jitprop.kernels as K
+from jitprop.kernels import _lstm
+from jitprop.kernels import raw as L
 
 try:  # tests/ may or may not be a package
     from ._lstm_reference import reference_backward, reference_forward
@@ -342,7 +344,9 @@ def test_batch_parts_need_a_weight_workspace():
     with pytest.raises(ValueError, match="dw_ws"):
         L.lstm_backward(*args, 2)
     with pytest.raises(ValueError, match="dw_ws"):
-        L.lstm_backward(*args, 2, np.zeros((1, 7)))
+        K.lstm_backward(*args, 2)
+    with pytest.raises(ValueError, match="dw_ws"):
+        K.lstm_backward(*args, 2, np.zeros((1, 7)))
 
 
 @pytest.fixture(scope="module")
@@ -486,14 +490,14 @@ def test_stateful_aliasing_h0_is_hT():
 def test_shape_mismatch_raises():
     p = make_problem(2, 3, 2, 4, np.float64, seed=15)
     ws = alloc(2, 3, 2, 4, np.float64)
-    with pytest.raises(ValueError):
-        L.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"],
+    with pytest.raises(ValueError, match="gates must have shape"):
+        K.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"],
                        ws["h_seq"], ws["h_T"], ws["c_T"],
                        np.zeros((2, 2, 16)),           # T axis too short
                        ws["states"], ws["step_ws"])
     run_forward(p, ws)
-    with pytest.raises(ValueError):
-        L.lstm_backward(p["x"], p["W_x"], p["W_h"], p["dh_seq"], p["dh_T"],
+    with pytest.raises(ValueError, match="db must have shape"):
+        K.lstm_backward(p["x"], p["W_x"], p["W_h"], p["dh_seq"], p["dh_T"],
                         p["dc_T"], ws["gates"], ws["states"], ws["dx"],
                         ws["dW_x"], ws["dW_h"], ws["db"][:-1], ws["dh0"],
                         ws["dc0"], ws["dgates"], ws["step_ws"])
@@ -518,7 +522,7 @@ _NRT_SCRIPT = textwrap.dedent("""
     import numpy as np
     from numba import njit
     from numba.core.runtime import rtsys
-    from jitprop.kernels import _lstm as L
+    from jitprop.kernels import raw as L
 
     @njit
     def drive(n, x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
@@ -587,8 +591,8 @@ def test_kernels_do_not_allocate():
 def _eval_helpers(z, t, s):
     one = z.dtype.type(1)
     for i in range(z.size):
-        t[i] = L._tanh(z[i])
-        s[i] = L._sigmoid(z[i], one)
+        t[i] = _lstm._tanh(z[i])
+        s[i] = _lstm._sigmoid(z[i], one)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -638,8 +642,8 @@ def test_float32_kernels_stay_float32_and_vectorise(serial_kernels):
             if all(a.dtype == numba.float32 for a in sig
                    if isinstance(a, numba.types.Array)):
                 assert "fpext" not in ir, kern
-    fb = numba.njit(error_model="numpy")(L._fwd_block.py_func)
-    bb = numba.njit(error_model="numpy")(L._bwd_block.py_func)
+    fb = numba.njit(error_model="numpy")(_lstm._fwd_block.py_func)
+    bb = numba.njit(error_model="numpy")(_lstm._bwd_block.py_func)
     H = 64
     z, ws, b = (np.zeros(4 * H, np.float32) for _ in range(3))
     c, h, o1, o2, o3, o4 = (np.zeros(H, np.float32) for _ in range(6))
@@ -650,3 +654,104 @@ def test_float32_kernels_stay_float32_and_vectorise(serial_kernels):
         assert "x float>" in ir, kern
         assert "fpext" not in ir, kern
         assert "numba_do_raise" not in ir, kern
+
+
+# --------------------------------------------------------------------------
+# checked entry points (jitprop.kernels) around the raw dispatchers
+# --------------------------------------------------------------------------
+
+def test_checked_entry_points_give_the_raw_results_bitwise():
+    B, T, n_in, H = 3, 4, 2, 5
+    p = make_problem(B, T, n_in, H, np.float32, seed=21)
+    raw_ws, chk_ws = alloc(B, T, n_in, H, np.float32), alloc(B, T, n_in, H, np.float32)
+    run_forward(p, raw_ws)
+    run_backward(p, raw_ws)
+    run_forward(p, chk_ws, fwd=K.lstm_forward)
+    run_backward(p, chk_ws, bwd=K.lstm_backward)
+    for k in OUTPUTS + GRADS + ("gates", "states", "dgates"):
+        assert np.array_equal(raw_ws[k], chk_ws[k]), k
+    # the cell kernels, with the documented in-place aliases
+    s = L.lstm_workspace_shapes(B, T, n_in, H)
+    rng = np.random.default_rng(4)
+    a = {k: (0.5 * rng.standard_normal(v)).astype(np.float32) for k, v in s.items()}
+    b = {k: v.copy() for k, v in a.items()}
+    for m, cell_fwd, cell_bwd in ((a, L.lstm_cell_forward, L.lstm_cell_backward),
+                                  (b, K.lstm_cell_forward, K.lstm_cell_backward)):
+        cell_fwd(m["cell_x_t"], m["cell_h_prev"], m["cell_c_prev"], m["W_x"], m["W_h"], m["b"],
+                 m["cell_h"], m["cell_c"], m["cell_gates"], m["cell_tanh_c"], m["cell_step_ws"])
+        cell_bwd(m["cell_x_t"], m["cell_h_prev"], m["cell_c_prev"], m["W_x"], m["W_h"], m["cell_gates"],
+                 m["cell_tanh_c"], m["cell_dh"], m["cell_dc"], m["cell_dx_t"], m["cell_dh"], m["cell_dc"],
+                 m["dW_x"], m["dW_h"], m["db"], m["cell_dgates"], m["cell_accum_ws"])
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_checked_entry_points_name_the_bad_argument():
+    B, T, n_in, H = 2, 3, 2, 4
+    p = make_problem(B, T, n_in, H, np.float64, seed=22)
+    ws = alloc(B, T, n_in, H, np.float64)
+    fwd = [p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"], ws["h_seq"], ws["h_T"], ws["c_T"],
+           ws["gates"], ws["states"], ws["step_ws"]]
+    with pytest.raises(ValueError, match=r"W_h must have shape \(H, 4H\)"):
+        K.lstm_forward(*fwd[:2], np.zeros((4, 15)), *fwd[3:])
+    with pytest.raises(TypeError, match="h0 must have dtype float64"):
+        K.lstm_forward(*fwd[:4], p["h0"].astype(np.float32), *fwd[5:])
+    with pytest.raises(ValueError, match="states must be C-contiguous"):
+        K.lstm_forward(*fwd[:10], np.asfortranarray(ws["states"]), fwd[11])
+    with pytest.raises(ValueError, match="h_seq and gates must not overlap"):
+        K.lstm_forward(*fwd[:6], ws["gates"].reshape(-1)[:B * T * H].reshape(B, T, H), *fwd[7:])
+    with pytest.raises(ValueError, match="parts must be >= 1"):
+        K.lstm_forward(*fwd, 0)
+    K.lstm_forward(*fwd[:7], p["h0"], p["c0"], *fwd[9:])     # h_T is h0, c_T is c0: allowed
+    cell = L.lstm_workspace_shapes(B, 1, n_in, H)
+    c = {k: np.zeros(v) for k, v in cell.items()}
+    with pytest.raises(ValueError, match=r"tanh_c must have shape \(2, 4\)"):
+        K.lstm_cell_forward(c["cell_x_t"], c["cell_h_prev"], c["cell_c_prev"], p["W_x"], p["W_h"], p["b"],
+                            c["cell_h"], c["cell_c"], c["cell_gates"], np.zeros((2, 5)), c["cell_step_ws"])
+    with pytest.raises(ValueError, match=r"accum_ws must have shape \(6, 16\)"):
+        K.lstm_cell_backward(c["cell_x_t"], c["cell_h_prev"], c["cell_c_prev"], p["W_x"], p["W_h"],
+                             c["cell_gates"], c["cell_tanh_c"], c["cell_dh"], c["cell_dc"], None,
+                             c["cell_dh_prev"], c["cell_dc_prev"], c["dW_x"], c["dW_h"], c["db"],
+                             c["cell_dgates"], np.zeros((5, 16)))
+
+
+def test_no_cached_dispatcher_calls_compiled_code_of_another_module():
+    """Numba's cache of a function does not notice a change in a compiled
+    function it calls from another file: kernels that call each other live in
+    one module.  Every cached dispatcher in jitprop may only reference
+    dispatchers defined in its own module."""
+    import importlib
+    import pkgutil
+
+    import jitprop
+    from numba.core.dispatcher import Dispatcher
+
+    def referenced(code, globs):
+        out = []
+        for name in code.co_names:
+            obj = globs.get(name)
+            if isinstance(obj, Dispatcher):
+                out.append((name, obj))
+            elif isinstance(obj, types.ModuleType):   # module.kernel
+                out += [(f"{name}.{attr}", getattr(obj, attr)) for attr in code.co_names
+                        if isinstance(getattr(obj, attr, None), Dispatcher)]
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                out += referenced(const, globs)
+        return out
+
+    modules = [importlib.import_module(m.name)
+               for m in pkgutil.walk_packages(jitprop.__path__, "jitprop.") if ".bench" not in m.name]
+    checked, bad = 0, []
+    for mod in modules:
+        for name, obj in vars(mod).items():
+            if not isinstance(obj, Dispatcher) or obj.py_func.__module__ != mod.__name__:
+                continue
+            if type(obj._cache).__name__ == "NullCache":
+                continue
+            checked += 1
+            for ref_name, ref in referenced(obj.py_func.__code__, obj.py_func.__globals__):
+                if ref.py_func.__module__ != mod.__name__:
+                    bad.append(f"{mod.__name__}.{name} calls {ref_name} from {ref.py_func.__module__}")
+    assert checked > 20       # the kernel modules were found
+    assert not bad, bad

@@ -77,6 +77,54 @@ def test_checkpoint_roundtrip(tmp_path):
     np.testing.assert_array_equal(tr2.model.predict(X), tr.model.predict(X))
 
 
+def test_format_1_checkpoint_from_an_earlier_version_loads_and_resumes(tmp_path):
+    """tests/data/checkpoint_v1.npz was written by jitprop 0.1.0 before the
+    trainer/checkpoint split: Dense(3,4) Tanh Dense(4,2), SGD(lr=0.1,
+    momentum=0.9), interrupted at epoch 2, step 2 of fit(X, y, epochs=3,
+    batch_size=4, seed=7, checkpoint_every=2)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 20)
+    path = pathlib.Path(__file__).parent / "data" / "checkpoint_v1.npz"
+    tr = jp.load(path)
+    assert [repr(layer) for layer in tr.model.layers] == ["Dense(3, 4, dtype=float32)", "Tanh()",
+                                                          "Dense(4, 2, dtype=float32)"]
+    assert repr(tr.optimizer) == "SGD(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, clip_norm=None)"
+    assert len(tr.history["loss"]) == 1
+    tr.fit(X, y, epochs=3, batch_size=4, seed=7, progress=False, resume=True)
+    model = jp.Sequential([jp.Dense(3, 4, seed=0), jp.Tanh(), jp.Dense(4, 2, seed=1)])
+    ref = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.1, momentum=0.9))
+    ref.fit(X, y, epochs=3, batch_size=4, seed=7, progress=False)
+    np.testing.assert_array_equal(tr.model.get_params(), ref.model.get_params())
+    assert tr.history["loss"] == ref.history["loss"]
+    # written again, the header has the same fields as the old version's
+    import json
+
+    tr.save(tmp_path / "again.npz")
+    with np.load(path) as old, np.load(tmp_path / "again.npz") as new:
+        assert sorted(old.files) == sorted(new.files)
+        h_old, h_new = json.loads(str(old["header"])), json.loads(str(new["header"]))
+    assert list(h_old) == list(h_new)
+    assert h_old["optimizer"].keys() == h_new["optimizer"].keys()
+    assert {k: h_old[k] for k in ("format", "version", "dtype", "layers", "fuse", "loss")} == \
+        {k: h_new[k] for k in ("format", "version", "dtype", "layers", "fuse", "loss")}
+
+
+def test_trainer_load_builds_the_class_it_is_called_on(tmp_path):
+    class MyTrainer(jp.Trainer):
+        def __init__(self, model, loss, optimizer, tag=None):
+            super().__init__(model, loss, optimizer)
+            self.tag = tag
+
+    X, y = blobs(48)
+    tr = make()
+    tr.fit(X, y, epochs=1, batch_size=16, progress=False, checkpoint=tmp_path / "ck.npz")
+    again = MyTrainer.load(tmp_path / "ck.npz", tag="x")
+    assert type(again) is MyTrainer and again.tag == "x"
+    np.testing.assert_array_equal(again.model.get_params(), tr.model.get_params())
+    assert again.history == tr.history
+
+
 def test_corrupt_or_truncated_checkpoint_raises(tmp_path):
     X, y = blobs()
     tr = make()
@@ -274,3 +322,24 @@ def test_nonfinite_loss_with_finite_outputs_is_blamed_on_the_loss():
     X = np.full((4, 2), 1e20, np.float32)  # outputs ~1e20 are finite, their squares overflow float32
     with pytest.raises(FloatingPointError, match="the loss itself"):
         tr.fit(X, np.zeros((4, 2)), epochs=1, batch_size=4, progress=False)
+
+
+def test_a_registered_layer_type_round_trips_through_a_checkpoint(tmp_path):
+    from jitprop.layers import LAYERS
+
+    class Scale2(jp.Activation):  # an activation with no parameters, registered by its class name
+        code = jp.kernels.ACT_IDENTITY
+
+    assert LAYERS.get("Scale2") is None
+    LAYERS.register(Scale2)
+    try:
+        model = jp.Sequential([jp.Dense(5, 3, seed=0), Scale2()])
+        tr = jp.Trainer(model, jp.MSELoss(), jp.SGD(model, lr=0.1))
+        tr.save(tmp_path / "ck.npz")
+        assert type(jp.load(tmp_path / "ck.npz").model.layers[1]) is Scale2
+        with pytest.raises(ValueError, match="already registered"):
+            LAYERS.register(type("Dense", (jp.Layer,), {}))
+    finally:
+        LAYERS.unregister("Scale2")
+    with pytest.raises(jp.CheckpointError, match="unknown layer type 'Scale2'"):
+        jp.load(tmp_path / "ck.npz")

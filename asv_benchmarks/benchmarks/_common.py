@@ -102,10 +102,15 @@ def lstm_kernels():
     return find("lstm_forward"), find("lstm_backward"), find("lstm_workspace_shapes")
 
 
+#: The layer class each recurrent workload kind needs.
+_RECURRENT_LAYERS = {"lstm": "LSTM", "gru": "GRU"}
+
+
 def require_workload(name):
-    """Skip LSTM workloads while ``jp.LSTM`` does not exist."""
-    if WORKLOADS[name]["kind"] == "lstm" and not hasattr(jp, "LSTM"):
-        raise NotImplementedError("jitprop.LSTM is not available in this version")
+    """Skip recurrent workloads while their layer (``jp.LSTM``, ``jp.GRU``) does not exist."""
+    cls = _RECURRENT_LAYERS.get(WORKLOADS[name]["kind"])
+    if cls is not None and not hasattr(jp, cls):
+        raise NotImplementedError(f"jitprop.{cls} is not available in this version")
 
 
 def build_trainer(name, dtype=np.float32):

@@ -14,6 +14,10 @@ and one of a small regressor (Dense-Tanh-Dense, MSE).
   another process in ``setup``, so every kernel is loaded from Numba's on-disk
   cache (the cost of every later start).
 * ``timeraw_import``: ``import jitprop`` alone, the baseline of both.
+* ``timeraw_readme_job_cold``: the README's first job (digits 64-64-10, 40
+  epochs, as ``python -m jitprop.bench --startup`` runs it) from an empty
+  cache, with no background compile (it would outlive the sample); skipped
+  for commits before the job existed in ``jitprop.bench.startup``.
 """
 
 import os
@@ -95,3 +99,25 @@ class Import(_Raw):
 
     def timeraw_import(self):
         return "import jitprop"
+
+
+class ReadmeJobCold(_Raw):
+    repeat = 2
+
+    def setup(self):
+        try:
+            from jitprop.bench.startup import job_code
+        except ImportError:
+            raise NotImplementedError("no jitprop.bench.startup at this commit") from None
+        self.code = job_code("jitprop")
+
+    def timeraw_readme_job_cold(self):
+        return f"""
+import os, shutil, tempfile
+_d = tempfile.mkdtemp(prefix="jitprop-asv-readme-")
+os.environ.update(NUMBA_CACHE_DIR=_d, JITPROP_CACHE_DIR=_d, JITPROP_BACKGROUND_COMPILE="0")
+try:
+{_indent(self.code)}
+finally:
+    shutil.rmtree(_d, ignore_errors=True)
+"""

@@ -332,3 +332,61 @@ class LSTMBackward(_Kernel):
 
     def time_lstm_backward(self, dtype, shape, threads):
         self.call()
+
+
+# --------------------------------------------------------------------------- #
+# GRU sequence kernels (skipped while they are not exposed)
+# --------------------------------------------------------------------------- #
+GRU = {"small": (16, 50, 16, 64), "large": (64, 50, 64, 256)}
+
+
+def _gru_arrays(dtype, shape):
+    from jitprop.kernels import raw
+
+    if not hasattr(raw, "gru_forward"):
+        raise NotImplementedError("gru_forward / gru_backward are not available in this version")
+    B, T, n_in, H = GRU[shape]
+    r = rng("gru", B, T, n_in, H)
+    a = {k: np.zeros(s, dtype) for k, s in raw.gru_workspace_shapes(B, T, n_in, H).items()
+         if not k.startswith("cell_")}
+    a["x"][...] = r.standard_normal(a["x"].shape)
+    bound = 1.0 / np.sqrt(H)
+    for k in ("W_x", "W_h", "b_x", "b_h"):
+        a[k][...] = r.uniform(-bound, bound, a[k].shape)
+    a["dh_seq"][...] = 0.01 * r.standard_normal(a["dh_seq"].shape)
+    return raw, a
+
+
+def _gru_fwd_call(raw, a):
+    return lambda: raw.gru_forward(a["x"], a["W_x"], a["W_h"], a["b_x"], a["b_h"], a["h0"], a["h_seq"],
+                                   a["h_T"], a["gates"], a["states"], a["step_ws"])
+
+
+class GRUForward(_Kernel):
+    """Whole-sequence forward, shapes of gru-small / gru-mid (T = 50)."""
+
+    rounds = 1
+
+    def make(self, dtype, shape):
+        raw, a = _gru_arrays(dtype, shape)
+        return {"call": _gru_fwd_call(raw, a)}
+
+    def time_gru_forward(self, dtype, shape, threads):
+        self.call()
+
+
+class GRUBackward(_Kernel):
+    """Backpropagation through time (with dx), caches from one forward."""
+
+    rounds = 1
+
+    def make(self, dtype, shape):
+        raw, a = _gru_arrays(dtype, shape)
+        _gru_fwd_call(raw, a)()
+        return {"call": lambda: raw.gru_backward(a["x"], a["W_x"], a["W_h"], a["dh_seq"], a["dh_T"], a["gates"],
+                                                 a["states"], a["dx"], a["dW_x"], a["dW_h"], a["db_x"],
+                                                 a["db_h"], a["dh0"], a["dgates"], a["dgates_h"],
+                                                 a["step_ws"], a["dh_ws"])}
+
+    def time_gru_backward(self, dtype, shape, threads):
+        self.call()

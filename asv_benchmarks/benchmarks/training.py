@@ -14,9 +14,12 @@ mlp-wide    1024-2048-2048-10, ReLU, softmax cross-entropy   512
 lstm-small  LSTM 16->64 (T=50, sequences), Dense 64->16, MSE 16
 lstm-mid    LSTM 64->256 (T=50, sequences), Dense 256->64,   64
             MSE
+gru-small   GRU 16->64 (T=50, sequences), Dense 64->16, MSE  16
+gru-mid     GRU 64->256 (T=50, sequences), Dense 256->64,    64
+            MSE
 =========== ================================================ =====
 
-LSTM workloads are skipped while ``jitprop.LSTM`` does not exist.
+LSTM / GRU workloads are skipped while ``jitprop.LSTM`` / ``jitprop.GRU`` do not exist.
 """
 
 import numpy as np

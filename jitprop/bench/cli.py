@@ -15,12 +15,8 @@ XLA_FLAGS thread options. Each worker prints one JSON line that the parent
 collects; the measured process CPU-time / wall-time ratio is reported as a
 check that the thread count held.
 
-Timing: the first step (which includes JIT compilation) is timed alone and
-reported as ``first_step_s``; then warm-up steps in doubling chunks estimate the
-step time; then a fixed number of steps lasting about ``--seconds`` is timed
-with ``time.perf_counter`` (synchronising at the end of the region), repeated
-3 times, and the BEST repeat gives ``samples_per_s = batch * steps / time``
-(the median is reported too).
+Timing (first step alone, warm-up in doubling chunks, best of timed repeats):
+see :mod:`jitprop.bench.worker`.
 
 Peers are compared at their best: at N threads, a peer's figure is the
 faster of its 1-thread and N-thread configurations and of its formulations
@@ -56,7 +52,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -83,9 +78,9 @@ def worker_env(threads, framework="jitprop"):
     if framework != "jitprop":
         # importing jitprop (this module's package) set OpenMP wait defaults
         # for jitprop's threads; a peer must run with its own defaults
-        import jitprop
+        from .. import _openmp
 
-        for var, value in jitprop._OMP_ENV_SET.items():
+        for var, value in _openmp.ENV_SET.items():
             if env.get(var) == value:
                 del env[var]
         env["JITPROP_OMP_DEFAULTS"] = "0"
@@ -178,7 +173,7 @@ def collect_metadata(args, peers, missing):
                                                 "XLA_FLAGS") if os.environ.get(k)},
         "blas": blas_info(),
         "dtype": "float32",
-        "optimizer": "plain SGD, lr=0.01",
+        "optimizer": "plain SGD, lr=0.01 (the -adam workloads: Adam, lr=1e-3)",
     }
 
 
@@ -247,8 +242,8 @@ def format_table(results, frameworks, gemm):
     out.append("  ".join("-" * w for w in widths))
     for cells in lines:
         out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
-    out.append("(samples/s = batch*steps/time, best of repeats and of rounds; an LSTM sample is one "
-               "sequence; a peer at N threads is at its best: the faster of its 1-thread and N-thread "
+    out.append("(samples/s = batch*steps/time, best of repeats and of rounds; a recurrent (LSTM/GRU) "
+               "sample is one sequence; a peer at N threads is at its best: the faster of its 1-thread and N-thread "
                "configurations and of its formulations (config = threads it ran with, formulation); "
                "settled = on both sides of the ratio the second-best round is within %d%% of the "
                "best; "
@@ -394,6 +389,16 @@ def format_efficiency(e):
     return "%.3g%%" % (100 * e)
 
 
+def _vs_value(argv):
+    """The peers named by ``--vs`` in ``argv`` (a list of names)."""
+    for i, a in enumerate(argv):
+        if a == "--vs" and i + 1 < len(argv):
+            return argv[i + 1].split(",")
+        if a.startswith("--vs="):
+            return a[5:].split(",")
+    return []
+
+
 def _parse_list(s, allowed=None, what="item"):
     items = [x.strip() for x in s.split(",") if x.strip()]
     if allowed is not None:
@@ -410,7 +415,8 @@ def build_parser():
                    help="comma-separated subset of: %s" % ", ".join(WORKLOADS))
     p.add_argument("--threads", default=None,
                    help="comma-separated thread counts (default: 1 and all available CPUs)")
-    p.add_argument("--vs", default="", help="peers to compare against: torch,jax")
+    p.add_argument("--vs", default="", help="peers to compare against: torch,jax; or sklearn "
+                   "(jitprop.sklearn against scikit-learn, see jitprop.bench.vs_sklearn)")
     p.add_argument("--seconds", type=float, default=None,
                    help="timed seconds per repeat (default 2, --quick 0.3)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
@@ -434,8 +440,9 @@ def build_parser():
                         "training step alone with numpy's BLAS on 1 thread; their sum bounds the "
                         "samples/s any framework can reach on 1 thread with that BLAS")
     p.add_argument("--startup", action="store_true",
-                   help="instead of throughput: time a new process that imports jitprop and runs its "
-                        "first mlp-small training step, with an empty and with a warm compile cache")
+                   help="instead of throughput: time whole processes running the README's job (digits "
+                        "64-64-10, 40 epochs): jitprop with an empty and with a warm compile cache, and "
+                        "scikit-learn, PyTorch and JAX when installed")
     return p
 
 
@@ -570,49 +577,6 @@ def _measure_one(wl, fw, th, args, pin, say, variant=None):
     return row
 
 
-_STARTUP_CODE = """
-import time
-t0 = time.perf_counter()
-import numpy as np
-import jitprop as jp
-t1 = time.perf_counter()
-rng = np.random.default_rng(0)
-X = rng.standard_normal((64, 784)).astype(np.float32)
-y = rng.integers(0, 10, 64)
-model = jp.Sequential([jp.Dense(784, 128, seed=0), jp.ReLU(), jp.Dense(128, 10, seed=1)])
-trainer = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.01))
-trainer.fit(X, y, epochs=1, batch_size=64, progress=False)
-t2 = time.perf_counter()
-print("STARTUP %.4f %.4f" % (t1 - t0, t2 - t0))
-"""
-
-
-def startup(say, repeats=3):
-    """Time new processes: import jitprop, then the first mlp-small training
-    step through ``Trainer.fit``; with an empty Numba cache (cold: everything
-    compiles) and with the cache that run filled (warm).  Returns a dict."""
-    import tempfile
-
-    out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for label in ["cold"] + ["warm"] * repeats:
-            t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", _STARTUP_CODE], env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if r.returncode != 0:
-                raise SystemExit(r.stderr[-2000:])
-            imp, first = (float(v) for v in r.stdout.split("STARTUP")[1].split())
-            best = out.get(label)
-            if best is None or wall < best["process_s"]:
-                out[label] = {"process_s": wall, "import_s": imp, "import_and_first_step_s": first}
-    for label in ("cold", "warm"):
-        o = out[label]
-        say("%-4s cache: whole process %.2f s (import jitprop %.2f s, import + first mlp-small step %.2f s)"
-            % (label, o["process_s"], o["import_s"], o["import_and_first_step_s"]))
-    return out
-
-
 def floor_report(workloads, pin, timeout, say):
     """Run the products-floor worker and print its table; returns its dict."""
     r = run_worker({"job": "floor", "workloads": workloads}, 1, pin, timeout)
@@ -646,19 +610,9 @@ def _write_json(path, doc, indent=1):
             f.write(text)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.floor:
-        workloads = _parse_list(args.workloads, WORKLOADS, "workload")
-        fl = floor_report(workloads, not args.no_pin, args.timeout, lambda m: print(m, flush=True))
-        if args.json:
-            _write_json(args.json, {"floor": fl, "meta": collect_metadata(args, [], [])})
-        return 0
-    if args.startup:
-        res = startup(lambda m: print(m, flush=True))
-        if args.json:
-            _write_json(args.json, {"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
-        return 0
+def _run_options(args):
+    """Fill the sweep's defaults into ``args`` and return ``(workloads,
+    threads)``; unknown names or bad counts exit with a message."""
     if args.seconds is None:
         args.seconds = 0.3 if args.quick else 2.0
     if args.rounds is None:
@@ -675,6 +629,129 @@ def main(argv=None):
         threads = sorted({1, ncpu or 1})
     if any(t < 1 for t in threads):
         raise SystemExit("thread counts must be >= 1")
+    return workloads, threads
+
+
+def _record_gemm(gemm_rows, threads, g):
+    """Keep the fastest SGEMM row per thread count, with every round's rate."""
+    old = gemm_rows.get(threads)
+    rates = (old or {}).get("gflops_rounds", []) + [g["gflops"]]
+    if old is None or g["gflops"] > old["gflops"]:
+        gemm_rows[threads] = g
+    gemm_rows[threads]["gflops_rounds"] = rates
+
+
+def _sweep(args, workloads, threads, frameworks, say):
+    """``args.rounds`` interleaved rounds: each measures numpy's SGEMM at every
+    thread count, then every configuration (jitprop at each of ``threads``;
+    each peer formulation at those and at 1 thread), a different framework
+    first in each round.  Returns the best row of each over the rounds:
+    ``(best_rows, gemm_rows)``, keyed by ``(workload, threads, framework,
+    variant)`` and by thread count."""
+    gemm_repeats = 3 if args.quick else 5
+    pin = not args.no_pin
+    # peers also run at 1 thread: at N threads each is compared at its best
+    all_threads = sorted(set(threads) | ({1} if len(frameworks) > 1 else set()))
+    best_rows, gemm_rows = {}, {}
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            say("-- round %d/%d --" % (rnd + 1, args.rounds))
+        for th in threads:
+            g = measure_gemm(th, gemm_repeats, pin, args.timeout, say)
+            if g is not None:
+                _record_gemm(gemm_rows, th, g)
+        for wl in workloads:
+            for th in all_threads:
+                configs = [(fw, v) for fw in frameworks if fw != "jitprop" or th in threads
+                           for v in _peers.variants(fw, WORKLOADS[wl])]
+                k = rnd % len(configs) if configs else 0
+                for fw, v in configs[k:] + configs[:k]:
+                    row = _measure_one(wl, fw, th, args, pin, say, variant=v)
+                    record_round(best_rows, (wl, th, fw, v), row)
+    return best_rows, gemm_rows
+
+
+def _results(workloads, threads, frameworks, best_rows, gemm_rows):
+    """The result rows in report order: per workload and thread count the
+    SGEMM row, jitprop and every peer at its best (:func:`compare`), with
+    GFLOP/s and efficiency against the same run's SGEMM rate.  Returns
+    ``(config_rows, results)``."""
+    config_rows = list(best_rows.values())
+    gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
+    results = []
+    for wl in workloads:
+        flops = train_flops_per_sample(WORKLOADS[wl])
+        for th in threads:
+            if th in gemm_rows and gemm_rows[th] not in results:
+                results.append(gemm_rows[th])
+            group = compare(config_rows, wl, th, frameworks)
+            for row in group:
+                add_efficiency(row, flops, gemm.get(th))
+            results.extend(group)
+    return config_rows, results
+
+
+def _extra_rounds(args, workloads, threads, frameworks, best_rows, gemm_rows, say):
+    """Measure the configurations of every ratio not settled again, up to
+    ``args.extra_rounds`` times; returns the final ``(config_rows, results)``."""
+    config_rows, results = _results(workloads, threads, frameworks, best_rows, gemm_rows)
+    pin = not args.no_pin
+    for extra in range(args.extra_rounds if len(frameworks) > 1 else 0):
+        todo = extra_round_configs(results, frameworks, threads,
+                                   lambda fw, wl: _peers.variants(fw, WORKLOADS[wl]))
+        if not todo:
+            break
+        say("-- extra round %d/%d for the ratios not settled yet (%d configurations) --"
+            % (extra + 1, args.extra_rounds, len(todo)))
+        for wl, th, fw, v in todo:
+            record_round(best_rows, (wl, th, fw, v), _measure_one(wl, fw, th, args, pin, say, variant=v))
+        config_rows, results = _results(workloads, threads, frameworks, best_rows, gemm_rows)
+    return config_rows, results
+
+
+def _report(results, config_rows, frameworks, gemm_rows, missing, say):
+    """Print the configurations, the table, SGEMM per round, fit's cost per
+    call and the libraries each process ran."""
+    gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
+    say("")
+    if len(frameworks) > 1:
+        for line in format_configs(config_rows):
+            say(line)
+    say(format_table(results, frameworks, gemm))
+    if any(len(g.get("gflops_rounds", [])) > 1 for g in gemm_rows.values()):
+        say("numpy sgemm GFLOP/s per round (the best is the efficiencies' denominator): " + "; ".join(
+            "%d thread%s %s" % (th, "" if th == 1 else "s", ", ".join("%.1f" % x for x in g["gflops_rounds"]))
+            for th, g in sorted(gemm_rows.items())))
+    for line in format_fit_cost(results):
+        say(line)
+    for line in format_runtime([r for r in results if r["framework"] in FRAMEWORKS],
+                               gemm_rows.values()):
+        say(line)
+    if missing:
+        say("peers not available (not importable): %s" % ", ".join(missing))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "sklearn" in _vs_value(argv):  # a comparison of its own: jitprop.bench.vs_sklearn
+        from .vs_sklearn import main as vs_sklearn_main
+
+        return vs_sklearn_main(argv)
+    args = build_parser().parse_args(argv)
+    if args.floor:
+        workloads = _parse_list(args.workloads, WORKLOADS, "workload")
+        fl = floor_report(workloads, not args.no_pin, args.timeout, lambda m: print(m, flush=True))
+        if args.json:
+            _write_json(args.json, {"floor": fl, "meta": collect_metadata(args, [], [])})
+        return 0
+    if args.startup:
+        from .startup import startup
+
+        res = startup(lambda m: print(m, flush=True))
+        if args.json:
+            _write_json(args.json, {"startup": res, "meta": collect_metadata(args, [], [])}, indent=2)
+        return 0
+    workloads, threads = _run_options(args)
     ncpu_avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     requested = _parse_list(args.vs, ("torch", "jax"), "peer") if args.vs else []
     peers = [f for f in requested if _peer_available(f)]
@@ -692,87 +769,17 @@ def main(argv=None):
         if ncpu_avail and th > ncpu_avail:
             say("note: %d threads > %d available CPUs: that run is oversubscribed" % (th, ncpu_avail))
 
-    gemm_repeats = 3 if args.quick else 5
-    pin = not args.no_pin
-    # peers also run at 1 thread: at N threads each is compared at its best
-    all_threads = sorted(set(threads) | ({1} if peers else set()))
-    best_rows, gemm_rows = {}, {}   # configuration -> best row over rounds
-    for rnd in range(args.rounds):
-        if args.rounds > 1:
-            say("-- round %d/%d --" % (rnd + 1, args.rounds))
-        for th in threads:
-            g = measure_gemm(th, gemm_repeats, pin, args.timeout, say)
-            if g is not None:
-                old = gemm_rows.get(th)
-                rates = (old or {}).get("gflops_rounds", []) + [g["gflops"]]
-                if old is None or g["gflops"] > old["gflops"]:
-                    gemm_rows[th] = g
-                gemm_rows[th]["gflops_rounds"] = rates
-        for wl in workloads:
-            for th in all_threads:
-                configs = [(fw, v) for fw in frameworks if fw != "jitprop" or th in threads
-                           for v in _peers.variants(fw, WORKLOADS[wl])]
-                # a different framework goes first in each round
-                k = rnd % len(configs) if configs else 0
-                for fw, v in configs[k:] + configs[:k]:
-                    row = _measure_one(wl, fw, th, args, pin, say, variant=v)
-                    record_round(best_rows, (wl, th, fw, v), row)
-
-    gemm = {th: r["gflops"] for th, r in gemm_rows.items()}
-
-    def assemble():
-        config_rows = list(best_rows.values())
-        results = []
-        for wl in workloads:
-            flops = train_flops_per_sample(WORKLOADS[wl])
-            for th in threads:
-                if th in gemm_rows and gemm_rows[th] not in results:
-                    results.append(gemm_rows[th])
-                group = compare(config_rows, wl, th, frameworks)
-                for row in group:
-                    add_efficiency(row, flops, gemm.get(th))
-                results.extend(group)
-        return config_rows, results
-
-    config_rows, results = assemble()
-    for extra in range(args.extra_rounds if peers else 0):
-        todo = extra_round_configs(results, frameworks, threads,
-                                   lambda fw, wl: _peers.variants(fw, WORKLOADS[wl]))
-        if not todo:
-            break
-        say("-- extra round %d/%d for the ratios not settled yet (%d configurations) --"
-            % (extra + 1, args.extra_rounds, len(todo)))
-        for wl, th, fw, v in todo:
-            record_round(best_rows, (wl, th, fw, v), _measure_one(wl, fw, th, args, pin, say, variant=v))
-        config_rows, results = assemble()
-
-    say("")
-    if peers:
-        for line in format_configs(config_rows):
-            say(line)
-    say(format_table(results, frameworks, gemm))
-    if any(len(g.get("gflops_rounds", [])) > 1 for g in gemm_rows.values()):
-        say("numpy sgemm GFLOP/s per round (the best is the efficiencies' denominator): " + "; ".join(
-            "%d thread%s %s" % (th, "" if th == 1 else "s", ", ".join("%.1f" % x for x in g["gflops_rounds"]))
-            for th, g in sorted(gemm_rows.items())))
-    for line in format_fit_cost(results):
-        say(line)
-    for line in format_runtime([r for r in results if r["framework"] in FRAMEWORKS],
-                               gemm_rows.values()):
-        say(line)
-    if missing:
-        say("peers not available (not importable): %s" % ", ".join(missing))
+    best_rows, gemm_rows = _sweep(args, workloads, threads, frameworks, say)
+    config_rows, results = _extra_rounds(args, workloads, threads, frameworks, best_rows, gemm_rows, say)
+    _report(results, config_rows, frameworks, gemm_rows, missing, say)
 
     if args.json:
         doc = {"metadata": collect_metadata(args, peers, missing), "results": results,
                "configurations": config_rows}
-        text = json.dumps(doc, indent=1)
         if args.json == "-":
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(json.dumps(doc, indent=1) + "\n")
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            _write_json(args.json, doc)
             say("results written to %s" % args.json)
     ok = all(r.get("samples_per_s") or r.get("gflops") for r in results)
     return 0 if ok else 1
-

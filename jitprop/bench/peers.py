@@ -3,8 +3,8 @@
 Each ``make_<framework>_step(spec, data, threads)`` returns ``(step, sync)``:
 
 * ``step(i)`` runs one full float32 training step (forward, loss, backward,
-  plain SGD update with lr = spec["lr"]) on batch ``i % n_batches`` and returns
-  the loss (a framework object; it is not converted to a Python float in the
+  plain SGD update, or Adam for the ``-adam`` workloads, with lr = spec["lr"])
+  on batch ``i % n_batches`` and returns the loss (a framework object; it is not converted to a Python float in the
   timed loop).
 * ``sync()`` blocks until every step issued so far has finished (a no-op for
   eager PyTorch, ``block_until_ready`` on the parameters for JAX).
@@ -19,8 +19,8 @@ The networks mirror the jitprop ones exactly:
   ``spec["act"]`` ("relu" or "sigmoid") after every hidden Dense, and after the
   last one too when ``spec["final_act"]`` is true; loss "mse" (mean over all
   elements) or "xent" (softmax cross-entropy, mean over the batch, int labels).
-* ``kind == "lstm"``: one LSTM layer (n_in -> hidden, all T outputs) followed by
-  a Dense(hidden, n_out) applied at every time step; MSE loss.
+* ``kind == "lstm"`` / ``"gru"``: one LSTM / GRU layer (n_in -> hidden, all T
+  outputs) followed by a Dense(hidden, n_out) applied at every time step; MSE loss.
 """
 
 import numpy as np
@@ -56,19 +56,20 @@ def make_torch_step(spec, data, threads, variant=None):
             if j < len(sizes) - 2 or spec["final_act"]:
                 layers.append(act_cls())
         model = nn.Sequential(*layers)
-    elif spec["kind"] == "lstm":
+    elif spec["kind"] in ("lstm", "gru"):
+        rnn_cls = nn.LSTM if spec["kind"] == "lstm" else nn.GRU
 
-        class LSTMRegressor(nn.Module):
+        class RNNRegressor(nn.Module):
             def __init__(self, n_in, n_hidden, n_out):
                 super().__init__()
-                self.lstm = nn.LSTM(n_in, n_hidden, batch_first=True)
+                self.rnn = rnn_cls(n_in, n_hidden, batch_first=True)
                 self.head = nn.Linear(n_hidden, n_out)
 
             def forward(self, x):
-                h, _ = self.lstm(x)
+                h, _ = self.rnn(x)
                 return self.head(h)
 
-        model = LSTMRegressor(spec["n_in"], spec["hidden"], spec["n_out"])
+        model = RNNRegressor(spec["n_in"], spec["hidden"], spec["n_out"])
     else:
         raise ValueError("unknown workload kind %r" % spec["kind"])
     model = model.float().train()
@@ -80,7 +81,8 @@ def make_torch_step(spec, data, threads, variant=None):
     else:
         raise ValueError("unknown loss %r" % spec["loss"])
 
-    opt = torch.optim.SGD(model.parameters(), lr=spec["lr"])
+    opt_cls = torch.optim.Adam if spec.get("opt") == "adam" else torch.optim.SGD
+    opt = opt_cls(model.parameters(), lr=spec["lr"])
     xs = [torch.from_numpy(x) for x in data["X"]]
     ys = [torch.from_numpy(y) for y in data["Y"]]
     n = len(xs)
@@ -175,6 +177,34 @@ def make_jax_step(spec, data, threads, variant=None):
             out = hs @ p["wo"] + p["bo"]  # (T, B, n_out)
             return jnp.swapaxes(out, 0, 1)
 
+    elif spec["kind"] == "gru":
+        n_in, hid, n_out = spec["n_in"], spec["hidden"], spec["n_out"]
+        params = {
+            # gate order along the 3H axis: reset, update, new (torch.nn.GRU's)
+            "wx": jnp.asarray(_uniform_init(rng, hid, (n_in, 3 * hid))),
+            "wh": jnp.asarray(_uniform_init(rng, hid, (hid, 3 * hid))),
+            "bx": jnp.asarray(_uniform_init(rng, hid, (3 * hid,))),
+            "bh": jnp.asarray(_uniform_init(rng, hid, (3 * hid,))),
+            "wo": jnp.asarray(_uniform_init(rng, hid, (hid, n_out))),
+            "bo": jnp.asarray(_uniform_init(rng, hid, (n_out,))),
+        }
+
+        def forward(p, x):  # x: (B, T, n_in) -> (B, T, n_out)
+            batch = x.shape[0]
+            xg = jnp.einsum("bti,ig->tbg", x, p["wx"]) + p["bx"]
+
+            def cell(h, g_x):
+                u = h @ p["wh"] + p["bh"]
+                r = jax.nn.sigmoid(g_x[:, :hid] + u[:, :hid])
+                z = jax.nn.sigmoid(g_x[:, hid:2 * hid] + u[:, hid:2 * hid])
+                n = jnp.tanh(g_x[:, 2 * hid:] + r * u[:, 2 * hid:])
+                h = (1.0 - z) * n + z * h
+                return h, h
+
+            _, hs = lax.scan(cell, jnp.zeros((batch, hid), x.dtype), xg)  # (T, B, H)
+            out = hs @ p["wo"] + p["bo"]
+            return jnp.swapaxes(out, 0, 1)
+
     else:
         raise ValueError("unknown workload kind %r" % spec["kind"])
 
@@ -194,21 +224,35 @@ def make_jax_step(spec, data, threads, variant=None):
     else:
         raise ValueError("unknown loss %r" % spec["loss"])
 
-    def train_step(p, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        p = jax.tree_util.tree_map(lambda a, g: a - lr * g, p, grads)
-        return p, loss
+    if spec.get("opt") == "adam":
+        import optax  # the Adam workloads compare against optax.adam (ImportError when it is absent)
 
-    train_step = jax.jit(train_step, donate_argnums=(0,))
+        tx = optax.adam(spec["lr"])
+
+        def train_step(p, o, x, y):
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+            updates, o = tx.update(grads, o, p)
+            return optax.apply_updates(p, updates), o, loss
+
+        opt_state = tx.init(params)
+    else:
+        def train_step(p, o, x, y):
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+            p = jax.tree_util.tree_map(lambda a, g: a - lr * g, p, grads)
+            return p, o, loss
+
+        opt_state = ()
+
+    train_step = jax.jit(train_step, donate_argnums=(0, 1))
 
     xs = [jax.device_put(x) for x in data["X"]]
     ys = [jax.device_put(y.astype(np.int32) if y.dtype.kind == "i" else y) for y in data["Y"]]
     n = len(xs)
-    state = {"p": params}
+    state = {"p": params, "o": opt_state}
 
     def step(i):
         k = i % n
-        state["p"], loss = train_step(state["p"], xs[k], ys[k])
+        state["p"], state["o"], loss = train_step(state["p"], state["o"], xs[k], ys[k])
         return loss
 
     def sync():

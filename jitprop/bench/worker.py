@@ -57,8 +57,9 @@ def make_jitprop_step(spec, data, threads):
         over the same batches in the same order (no shuffling), whole
         epochs of ``n`` steps at a time.  Returns (steps run, last loss)."""
         epochs = max(1, -(-count // n))
+        # use_fused=True: the timed steps must all run the fused kernel (never a tiered start)
         hist = trainer.fit(X_all, Y_all, epochs=epochs, batch_size=bs, shuffle=False, progress=False,
-                           on_nonfinite="ignore")
+                           on_nonfinite="ignore", use_fused=True)
         return epochs * n, hist["loss"][-1]
 
     step.block = block

@@ -1,5 +1,5 @@
 """The benchmark workloads: one spec per name and the one builder of their
-model, loss, SGD optimiser and trainer, shared by ``python -m jitprop.bench``,
+model, loss, optimiser (SGD, or Adam for the ``-adam`` variants) and trainer, shared by ``python -m jitprop.bench``,
 the MPI benchmark (``jitprop.bench.distributed``) and the asv suite."""
 
 import numpy as np
@@ -18,10 +18,19 @@ WORKLOADS = {
                        loss="mse", batch=16, n_batches=16),
     "lstm-mid": dict(kind="lstm", n_in=64, hidden=256, T=50, n_out=64,
                      loss="mse", batch=64, n_batches=16),
+    "gru-small": dict(kind="gru", n_in=16, hidden=64, T=50, n_out=16,
+                      loss="mse", batch=16, n_batches=16),
+    "gru-mid": dict(kind="gru", n_in=64, hidden=256, T=50, n_out=64,
+                    loss="mse", batch=64, n_batches=16),
 }
+#: Recurrent workload kinds: their samples are sequences ``(T, n_in)``.
+RECURRENT_KINDS = ("lstm", "gru")
 for _name, _spec in WORKLOADS.items():
     _spec["name"] = _name
     _spec["lr"] = 0.01
+# Adam variants (peers: torch.optim.Adam, optax.adam); the others train with plain SGD
+for _name in ("mlp-mid", "lstm-mid"):
+    WORKLOADS[_name + "-adam"] = dict(WORKLOADS[_name], name=_name + "-adam", opt="adam", lr=1e-3)
 
 #: Targets of issue 17, each measured in one run at every thread count:
 #: jitprop's samples/s over the best peer's at its best ("ratio"), and
@@ -48,6 +57,7 @@ def build_model(spec, dtype=np.float32):
     """``(model, loss)`` of a workload: seeded layers, so every build is the same."""
     from ..layers import Dense, ReLU, Sigmoid, Tanh
     from ..losses import MSELoss, SoftmaxCrossEntropy
+    from ..gru import GRU
     from ..lstm import LSTM
     from ..model import Sequential
 
@@ -59,8 +69,9 @@ def build_model(spec, dtype=np.float32):
             layers.append(Dense(sizes[j], sizes[j + 1], dtype=dtype, seed=j))
             if j < len(sizes) - 2 or spec["final_act"]:
                 layers.append(act_cls())
-    elif spec["kind"] == "lstm":
-        layers = [LSTM(spec["n_in"], spec["hidden"], return_sequences=True, dtype=dtype, seed=0),
+    elif spec["kind"] in RECURRENT_KINDS:
+        rnn = LSTM if spec["kind"] == "lstm" else GRU
+        layers = [rnn(spec["n_in"], spec["hidden"], return_sequences=True, dtype=dtype, seed=0),
                   Dense(spec["hidden"], spec["n_out"], dtype=dtype, seed=1)]
     else:
         raise ValueError("unknown workload kind %r" % spec["kind"])
@@ -70,12 +81,14 @@ def build_model(spec, dtype=np.float32):
 
 def build_trainer(spec, dtype=np.float32, trainer_cls=None, **trainer_kw):
     """A ``trainer_cls`` (default :class:`~jitprop.Trainer`) over the workload's
-    model and loss with ``SGD(lr=spec["lr"])``."""
-    from ..optim import SGD
+    model and loss with ``SGD(lr=spec["lr"])``, or ``Adam(lr=spec["lr"])``
+    when ``spec["opt"] == "adam"``."""
+    from ..optim import SGD, Adam
     from ..trainer import Trainer
 
     model, loss = build_model(spec, dtype)
-    return (trainer_cls or Trainer)(model, loss, SGD(model, lr=spec["lr"]), **trainer_kw)
+    opt = (Adam if spec.get("opt") == "adam" else SGD)(model, lr=spec["lr"])
+    return (trainer_cls or Trainer)(model, loss, opt, **trainer_kw)
 
 
 def make_data(spec):
@@ -142,12 +155,13 @@ def step_products(spec):
                 out.append(("layer %d dy@W.T" % j, b, o, i, 1, False, True))
     else:
         B, T, n_in, H, n_out = spec["batch"], spec["T"], spec["n_in"], spec["hidden"], spec["n_out"]
-        G = 4 * H
-        out += [("lstm x@W_x (all steps)", B * T, n_in, G, 1, False, False),
-                ("lstm h@W_h (per step)", B, H, G, T, False, False),
-                ("lstm dz@W_h.T (per step)", B, G, H, T, False, False),
-                ("lstm x.T@dz", n_in, B * T, G, 1, True, False),
-                ("lstm h.T@dz", H, B * T, G, 1, True, False),
+        k = spec["kind"]
+        G = (4 if k == "lstm" else 3) * H
+        out += [(k + " x@W_x (all steps)", B * T, n_in, G, 1, False, False),
+                (k + " h@W_h (per step)", B, H, G, T, False, False),
+                (k + " dz@W_h.T (per step)", B, G, H, T, False, False),
+                (k + " x.T@dz", n_in, B * T, G, 1, True, False),
+                (k + " h.T@dz", H, B * T, G, 1, True, False),
                 ("dense h@W", B * T, H, n_out, 1, False, False),
                 ("dense h.T@dy", H, B * T, n_out, 1, True, False),
                 ("dense dy@W.T", B * T, n_out, H, 1, False, True)]

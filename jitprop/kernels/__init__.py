@@ -10,9 +10,10 @@ code, where these Python-level checks cannot run.
 
 import numpy as np
 
-from .._checks import check_array, check_float, check_labels, no_overlap
-from . import raw
-from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH
+from .._checks import check_array, check_dropout_p, check_float, check_int, check_labels, no_overlap
+from . import _gru, raw
+from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
+from ._lstm_shapes import lstm_workspace_shapes
 
 __all__ = [
     "raw",
@@ -35,8 +36,22 @@ __all__ = [
     "mse_loss",
     "softmax_cross_entropy",
     "sgd_step",
+    "adam_step",
+    "dropout_apply",
     "clip_grad_norm",
     "clip_grad_norm_list",
+    "lstm_forward",
+    "lstm_backward",
+    "lstm_cell_forward",
+    "lstm_cell_backward",
+    "lstm_workspace_shapes",
+    "gru_forward",
+    "gru_backward",
+    "gru_cell_forward",
+    "gru_cell_backward",
+    "gru_workspace_shapes",
+    "embedding_forward",
+    "embedding_backward",
 ]
 
 _ACTS = (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH)
@@ -272,6 +287,96 @@ def sgd_step(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     return p
 
 
+def adam_step(p, g, m, v, vmax, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+              amsgrad=False, decoupled=False):
+    """In-place Adam (or, with ``decoupled=True``, AdamW) update with the
+    arithmetic of ``torch.optim.Adam`` / ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64, updated
+    g : ndarray (n,), same dtype, read
+    m, v : ndarray (n,), same dtype, first and second moments (zeros before step 1), updated
+    vmax : ndarray (n,), same dtype, running maximum of ``v`` (zeros before step 1), updated;
+        not used (and may be None) when ``amsgrad`` is False
+    step : int >= 1, the number of this step (1 for the first)
+    lr, eps, weight_decay : float >= 0
+    beta1, beta2 : float in [0, 1)
+    amsgrad, decoupled : bool
+
+    Returns
+    -------
+    p
+    """
+    check_array("p", p, ndim=1, writable=True)
+    check_array("g", g, dtype=p.dtype, shape=p.shape)
+    check_array("m", m, dtype=p.dtype, shape=p.shape, writable=True)
+    check_array("v", v, dtype=p.dtype, shape=p.shape, writable=True)
+    amsgrad = _check_bool("amsgrad", amsgrad)
+    decoupled = _check_bool("decoupled", decoupled)
+    if amsgrad:
+        check_array("vmax", vmax, dtype=p.dtype, shape=p.shape, writable=True)
+        no_overlap(p=p, g=g, m=m, v=v, vmax=vmax)
+    else:
+        no_overlap(p=p, g=g, m=m, v=v)
+        vmax = _EMPTY[p.dtype.name]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or not 1 <= step < 2 ** 63:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    lr = check_float("lr", lr, minimum=0.0)
+    beta1 = _check_beta("beta1", beta1)
+    beta2 = _check_beta("beta2", beta2)
+    eps = check_float("eps", eps, minimum=0.0)
+    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
+    raw.adam_step(p, g, m, v, vmax, int(step), lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled)
+    return p
+
+
+#: the array passed for ``vmax`` when amsgrad is off (never read)
+_EMPTY = {"float32": np.zeros(0, np.float32), "float64": np.zeros(0, np.float64)}
+
+
+def _check_beta(name, value):
+    value = check_float(name, value, minimum=0.0)
+    if value >= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
+
+def dropout_apply(x, out, p, seed, step):
+    """Inverted dropout with a counter-based mask: ``out = x / (1 - p)`` on
+    kept elements, 0 on dropped ones; the same (``p``, ``seed``, ``step``)
+    give the same mask, so the backward pass is ``dropout_apply(dy, dx, p,
+    seed, step)``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, C-contiguous
+    out : ndarray, same shape and dtype, written (may be ``x`` itself)
+    p : float in [0, 1)
+    seed, step : int in [0, 2**63)
+
+    Returns
+    -------
+    out
+    """
+    check_array("x", x)
+    check_array("out", out, dtype=x.dtype, shape=x.shape, writable=True)
+    if out is not x and np.shares_memory(out, x):
+        raise ValueError("out must be x itself or not overlap it")
+    p = check_dropout_p(p)
+    for name, v in (("seed", seed), ("step", step)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2 ** 63:
+            raise ValueError(f"{name} must be an integer in [0, 2**63), got {v!r}")
+    raw.dropout_apply(x, out, p, int(seed), int(step))
+    return out
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def clip_grad_norm(g, max_norm):
     """Clip one (flat) gradient array to global L2 norm ``max_norm`` in place;
     returns the norm before clipping."""
@@ -284,7 +389,7 @@ def clip_grad_norm_list(grads, max_norm):
     """Clip a list of gradient arrays jointly to global L2 norm ``max_norm``.
 
     Same rule as ``torch.nn.utils.clip_grad_norm_``: the norm is taken over
-    all arrays together; if ``max_norm / (norm + 1e-6) < 1`` every array is
+    all arrays together; if ``max_norm / (norm + CLIP_EPS) < 1`` (1e-6) every array is
     scaled by that factor.  Returns the norm before clipping.
     """
     max_norm = check_float("max_norm", max_norm, minimum=0.0)
@@ -300,8 +405,296 @@ def clip_grad_norm_list(grads, max_norm):
     for g in grads:
         total += raw.sum_squares(g)
     norm = float(np.sqrt(total))
-    coef = max_norm / (norm + 1e-6)
+    coef = max_norm / (norm + CLIP_EPS)
     if coef < 1.0:
         for g in grads:
             raw.scale_inplace(g, coef)
     return norm
+
+
+# --------------------------------------------------------------------------
+# LSTM kernels: the compiled ones are in _lstm.py, their shapes in _lstm_shapes.py
+# --------------------------------------------------------------------------
+def _lstm_dims(x_name, x, ndim, W_h):
+    """dtype and hidden size H from the input and ``W_h`` (H, 4H)."""
+    check_array(x_name, x, ndim=ndim)
+    dt = x.dtype
+    check_array("W_h", W_h, dtype=dt, ndim=2)
+    H = W_h.shape[0]
+    if W_h.shape[1] != 4 * H:
+        raise ValueError(f"W_h must have shape (H, 4H), got {W_h.shape}")
+    return dt, H
+
+
+def _check_lstm_arrays(shapes, dt, reads, writes, prefix=""):
+    """Check every named array against ``shapes[prefix + name]``; outputs
+    (``writes``, None entries skipped) must be writable."""
+    for name, a in reads.items():
+        check_array(name, a, dtype=dt, shape=shapes[prefix + name])
+    for name, a in writes.items():
+        if a is not None:
+            check_array(name, a, dtype=dt, shape=shapes[prefix + name], writable=True)
+
+
+def _check_lstm_overlaps(reads, writes, aliases=()):
+    """No output overlaps another output or an input, except the pairs in
+    ``aliases`` (output, input) when they are the very same array."""
+    outs = [(k, a) for k, a in writes.items() if a is not None]
+    for i, (na, a) in enumerate(outs):
+        for nb, b in outs[i + 1:]:
+            no_overlap(**{na: a, nb: b})
+        for nb, b in reads.items():
+            if (na, nb) in aliases and a is b:
+                continue
+            no_overlap(**{na: a, nb: b})
+
+
+def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, parts=1):
+    """Checked :func:`jitprop.kernels.raw.lstm_forward` (same arguments; see
+    its documentation).  ``h0 is h_T`` and ``c0 is c_T`` are allowed."""
+    dt, H = _lstm_dims("x", x, 3, W_h)
+    B, T, n_in = x.shape
+    shapes = lstm_workspace_shapes(B, T, n_in, H)
+    reads = dict(x=x, W_x=W_x, W_h=W_h, b=b, h0=h0, c0=c0)
+    writes = dict(h_seq=h_seq, h_T=h_T, c_T=c_T, gates=gates, states=states, step_ws=step_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes)
+    _check_lstm_overlaps(reads, writes, aliases={("h_T", "h0"), ("c_T", "c0")})
+    raw.lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, check_int("parts", parts, 1))
+
+
+def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db, dh0, dc0, dgates, step_ws,
+                  parts=1, dw_ws=None):
+    """Checked :func:`jitprop.kernels.raw.lstm_backward` (same arguments; see
+    its documentation).  ``dh_T is dh0`` and ``dc_T is dc0`` are allowed;
+    ``dw_ws`` is required when ``parts > 1`` and the batch has several rows."""
+    dt, H = _lstm_dims("x", x, 3, W_h)
+    B, T, n_in = x.shape
+    shapes = lstm_workspace_shapes(B, T, n_in, H)
+    reads = dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, dc_T=dc_T, gates=gates, states=states)
+    writes = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db=db, dh0=dh0, dc0=dc0, dgates=dgates, step_ws=step_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes)
+    parts = check_int("parts", parts, 1)
+    if parts > 1 and B > 1:
+        if dw_ws is None:
+            raise ValueError("lstm_backward: parts > 1 needs dw_ws")
+        rows = -(-B // parts)
+        active = -(-B // rows)   # parts that hold rows
+        width = (n_in + H) * 4 * H
+        check_array("dw_ws", dw_ws, dtype=dt, ndim=2, writable=True)
+        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
+            raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, n_in*4H + H*4H), "
+                             f"got {dw_ws.shape}")
+        writes["dw_ws"] = dw_ws
+    _check_lstm_overlaps(reads, writes, aliases={("dh0", "dh_T"), ("dc0", "dc_T")})
+    raw.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db, dh0, dc0, dgates, step_ws,
+                  parts, dw_ws)
+
+
+def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws):
+    """Checked :func:`jitprop.kernels.raw.lstm_cell_forward` (same arguments;
+    see its documentation).  ``h is h_prev`` and ``c is c_prev`` are allowed."""
+    dt, H = _lstm_dims("x_t", x_t, 2, W_h)
+    B, n_in = x_t.shape
+    shapes = lstm_workspace_shapes(B, 1, n_in, H)
+    reads = dict(x_t=x_t, h_prev=h_prev, c_prev=c_prev)
+    writes = dict(h=h, c=c, gates=gates, tanh_c=tanh_c, step_ws=step_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_")
+    _check_lstm_arrays(shapes, dt, dict(W_x=W_x, W_h=W_h, b=b), {})
+    _check_lstm_overlaps(dict(reads, W_x=W_x, W_h=W_h, b=b), writes, aliases={("h", "h_prev"), ("c", "c_prev")})
+    raw.lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws)
+
+
+def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
+                       db, dgates, accum_ws):
+    """Checked :func:`jitprop.kernels.raw.lstm_cell_backward` (same arguments;
+    see its documentation).  ``dh_prev is dh`` and ``dc_prev is dc`` are
+    allowed; ``accum_ws`` None selects overwrite mode."""
+    dt, H = _lstm_dims("x_t", x_t, 2, W_h)
+    B, n_in = x_t.shape
+    shapes = lstm_workspace_shapes(B, 1, n_in, H)
+    reads = dict(x_t=x_t, h_prev=h_prev, c_prev=c_prev, gates=gates, tanh_c=tanh_c, dh=dh, dc=dc)
+    writes = dict(dx_t=dx_t, dh_prev=dh_prev, dc_prev=dc_prev, dgates=dgates, accum_ws=accum_ws)
+    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_")
+    weights = dict(W_x=W_x, W_h=W_h)
+    grads = dict(dW_x=dW_x, dW_h=dW_h, db=db)
+    _check_lstm_arrays(shapes, dt, weights, grads)
+    _check_lstm_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
+    raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
+                       db, dgates, accum_ws)
+
+
+# -- GRU ------------------------------------------------------------------------
+
+gru_workspace_shapes = _gru.gru_workspace_shapes
+
+
+def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), alias=(), shapes_done=False):
+    """Check the named arrays of a recurrent kernel against ``shapes``
+    (:func:`gru_workspace_shapes`) and that no written array overlaps another
+    argument, except the ``alias`` pairs when they are the same array.
+    ``optional`` names may be None; ``shapes_done`` skips to the overlaps."""
+    for names, writable in ((read, False), (written, True)):
+        for name, a in names.items():
+            if shapes_done or (a is None and name in optional):
+                continue
+            check_array(name, a, dtype=dtype, shape=shapes.get(prefix + name, shapes.get(name)), writable=writable)
+    allowed = {frozenset(p) for p in alias}
+    items = [(n, a) for n, a in list(written.items()) + list(read.items()) if a is not None]
+    for i, (na, a) in enumerate(items):
+        if na not in written:
+            continue
+        for nb, b in items[i + 1:]:
+            if a is b and frozenset((na, nb)) in allowed:
+                continue
+            if np.shares_memory(a, b):
+                raise ValueError(f"{na} and {nb} must not overlap in memory")
+
+
+def _gru_dims(x, W_h, x_ndim):
+    """Hidden size H from the input and ``W_h`` (H, 3H)."""
+    check_array("x" if x_ndim == 3 else "x_t", x, ndim=x_ndim)
+    check_array("W_h", W_h, dtype=x.dtype, ndim=2)
+    H = W_h.shape[0]
+    if W_h.shape[1] != 3 * H:
+        raise ValueError(f"W_h must have shape (H, 3H), got {W_h.shape}")
+    return H
+
+
+def _check_parts(parts):
+    return check_int("parts", parts, 1)
+
+
+def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts=1):
+    """GRU forward over a whole sequence (see :func:`jitprop.kernels.raw.gru_forward`).
+
+    Shapes (:func:`gru_workspace_shapes`): x (B, T, n_in), W_x (n_in, 3H),
+    W_h (H, 3H), b_x, b_h (3H,), h0, h_T (B, H), h_seq (B, T, H), gates
+    (B, T, 3H), states (2, B, T, H), step_ws (B, 3H); one float dtype,
+    C-contiguous.  ``h0 is h_T`` is allowed.  With ``parts > 1`` limit BLAS
+    to one thread around the call.  Returns ``(h_seq, h_T)``.
+    """
+    H = _gru_dims(x, W_h, 3)
+    B, T, n_in = x.shape
+    parts = _check_parts(parts)
+    s = gru_workspace_shapes(B, T, n_in, H)
+    _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h, h0=h0),
+                         dict(h_seq=h_seq, h_T=h_T, gates=gates, states=states, step_ws=step_ws),
+                         alias=[("h0", "h_T")])
+    raw.gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts)
+    return h_seq, h_T
+
+
+def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
+                 dgates, dgates_h, step_ws, dh_ws, parts=1, dw_ws=None):
+    """GRU backpropagation through time (see :func:`jitprop.kernels.raw.gru_backward`).
+
+    Shapes as in :func:`gru_forward` plus dh_seq (B, T, H), dh_T, dh0, dh_ws
+    (B, H), dx (B, T, n_in) or None, gradients shaped like their parameters,
+    dgates, dgates_h (B, T, 3H), and with ``parts > 1`` dw_ws
+    (parts - 1, (n_in + H) * 3H).  ``dh_T is dh0`` is allowed.
+    Returns ``(dx, dW_x, dW_h, db_x, db_h, dh0)``.
+    """
+    H = _gru_dims(x, W_h, 3)
+    B, T, n_in = x.shape
+    parts = _check_parts(parts)
+    s = gru_workspace_shapes(B, T, n_in, H, parts)
+    written = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h, dh0=dh0, dgates=dgates,
+                   dgates_h=dgates_h, step_ws=step_ws, dh_ws=dh_ws)
+    _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
+                                          states=states),
+                         written, optional=["dx"], alias=[("dh_T", "dh0")])
+    if parts > 1 and B > 1:
+        # the raw kernel uses rows 0 .. active-2 of dw_ws (one per part holding rows, but the first)
+        active = -(-B // -(-B // parts))
+        width = s["dw_ws"][1]
+        if dw_ws is None:
+            raise ValueError(f"dw_ws is required when parts > 1 (shape ({parts - 1}, {width}))")
+        check_array("dw_ws", dw_ws, dtype=x.dtype, ndim=2, writable=True)
+        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
+            raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, (n_in + H) * 3H), "
+                             f"got {dw_ws.shape}")
+        written["dw_ws"] = dw_ws
+        _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
+                                              states=states),
+                             written, optional=["dx", "dw_ws"], alias=[("dh_T", "dh0")], shapes_done=True)
+    raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
+                     dgates, dgates_h, step_ws, dh_ws, parts, written.get("dw_ws"))
+    return dx, dW_x, dW_h, db_x, db_h, dh0
+
+
+def gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws):
+    """One GRU step (see :func:`jitprop.kernels.raw.gru_cell_forward`).
+
+    Shapes: x_t (B, n_in), h_prev, h, hn (B, H), gates, step_ws (B, 3H),
+    parameters as in :func:`gru_forward`.  ``h is h_prev`` is allowed.
+    Returns ``h``.
+    """
+    H = _gru_dims(x_t, W_h, 2)
+    B, n_in = x_t.shape
+    s = gru_workspace_shapes(B, 1, n_in, H)
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h),
+                         dict(h=h, gates=gates, hn=hn, step_ws=step_ws), prefix="cell_",
+                         alias=[("h", "h_prev")])
+    raw.gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws)
+    return h
+
+
+def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
+                      dgates, dgates_h, dh_ws, accum_ws=None):
+    """Backward of one GRU step (see :func:`jitprop.kernels.raw.gru_cell_backward`).
+
+    Shapes: as in :func:`gru_cell_forward`, dh, dh_prev, dh_ws (B, H), dx_t
+    (B, n_in) or None, dgates, dgates_h (B, 3H), gradients shaped like their
+    parameters, accum_ws (n_in + H, 3H) or None (None overwrites the
+    gradients, an array selects accumulation).  ``dh_prev is dh`` is allowed.
+    Returns ``dh_prev``.
+    """
+    H = _gru_dims(x_t, W_h, 2)
+    B, n_in = x_t.shape
+    s = gru_workspace_shapes(B, 1, n_in, H)
+    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, hn=hn, gates=gates, dh=dh),
+                         dict(dx_t=dx_t, dh_prev=dh_prev, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h,
+                              dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws),
+                         prefix="cell_", optional=("dx_t", "accum_ws"), alias=[("dh_prev", "dh")])
+    raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
+                          dgates, dgates_h, dh_ws, accum_ws)
+    return dh_prev
+
+
+# -- embedding ------------------------------------------------------------------
+
+def _check_embedding(indices, W_or_dW, name, rows, writable):
+    check_array(name, W_or_dW, ndim=2, writable=writable)
+    V = W_or_dW.shape[0]
+    if not isinstance(indices, np.ndarray) or indices.ndim != 1:
+        raise ValueError(f"indices must be a 1-D integer numpy.ndarray, got {getattr(indices, 'shape', indices)}")
+    # every index is checked against [0, V) before anything is written
+    check_labels("indices", indices, indices.shape[0], V)
+    check_array(rows[0], rows[1], dtype=W_or_dW.dtype, shape=(indices.shape[0], W_or_dW.shape[1]),
+                writable=rows[0] == "out")
+
+
+def embedding_forward(indices, W, out):
+    """Row gather ``out[i] = W[indices[i]]``.
+
+    indices (N,) integer in ``[0, V)``, W (V, D) float32/float64, out (N, D)
+    same dtype, written.  Returns ``out``.
+    """
+    _check_embedding(indices, W, "W", ("out", out), False)
+    no_overlap(out=out, W=W)
+    no_overlap(out=out, indices=indices)
+    raw.embedding_forward(indices, W, out)
+    return out
+
+
+def embedding_backward(indices, dy, dW):
+    """``dW = 0; dW[indices[i]] += dy[i]`` (repeated indices add up).
+
+    indices (N,) integer in ``[0, V)``, dy (N, D), dW (V, D) written.  Race-free
+    and independent of the thread count.  Returns ``dW``.
+    """
+    _check_embedding(indices, dW, "dW", ("dy", dy), True)
+    no_overlap(dW=dW, dy=dy)
+    no_overlap(dW=dW, indices=indices)
+    raw.embedding_backward(indices, dy, dW)
+    return dW

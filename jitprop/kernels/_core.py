@@ -53,6 +53,16 @@ __all__ = [
     "scale_inplace",
     "clip_grad_norm",
     "segment_norms",
+    "PAR_MIN",
+    "CLIP_EPS",
+    "activation_forward_serial",
+    "activation_backward_serial",
+    "dense_act_forward_serial",
+    "dense_backward_serial",
+    "dense_backward_params_serial",
+    "mse_loss_serial",
+    "softmax_cross_entropy_serial",
+    "sgd_step_serial",
 ]
 
 #: Fast-math flags: reassociation and FMA contraction, never nnan/ninf.
@@ -64,22 +74,28 @@ ACT_RELU = 1
 ACT_SIGMOID = 2
 ACT_TANH = 3
 
-# Below this many elements a kernel runs serially: a parallel region costs a
-# few microseconds to start, more than the work itself on small arrays.
-_PAR_MIN = 32768
+#: Below this many elements a kernel runs serially (a parallel region costs a
+#: few microseconds to start, more than the work itself on small arrays); the
+#: ``*_serial`` twins are what the kernels run then.
+PAR_MIN = 32768
+#: Added to the gradient norm before clipping, as torch.nn.utils.clip_grad_norm_.
+CLIP_EPS = 1e-6
 # Elementwise kernels are split into chunks of this many elements.
 _CHUNK = 8192
 # Column block width for the deterministic bias-gradient reduction.
 _COLBLK = 64
 
 _jit = dict(cache=True, fastmath=FASTMATH, nogil=True)
+# helpers inlined into their callers before typing (a prange in one becomes
+# the caller's own parallel loop, never a call into another parallel kernel)
+_inline = dict(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
 _pjit = dict(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 
 
 # --------------------------------------------------------------------------
 # elementwise activations
 # --------------------------------------------------------------------------
-@njit(**_jit)
+@njit(**_inline)
 def _same_data(x, y):
     return x.ctypes.data == y.ctypes.data
 
@@ -93,7 +109,7 @@ def _sigmoid_scalar(v, one, zero):
     return one / d if v >= zero else e / d
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_inplace(a, act):
     """``a = f(a)`` over a 1-D view.  In place kernels take one array: with
     two arguments that might overlap, LLVM vectorises behind a run-time
@@ -113,7 +129,7 @@ def _act_inplace(a, act):
             a[i] = np.tanh(a[i])
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_fwd_range(z, a, start, stop, act):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -139,7 +155,7 @@ def _act_fwd_range(z, a, start, stop, act):
             a[i] = z[i]
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_bwd_inplace(a, d, act):
     """``d = d * f'(a)`` (from the saved output ``a``), one write array."""
     n = a.size
@@ -162,7 +178,7 @@ def _act_bwd_inplace(a, d, act):
             d[i] = d[i] * (one - ai * ai)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _act_bwd_range(a, da, dz, start, stop, act):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -191,29 +207,53 @@ def _act_bwd_range(a, da, dz, start, stop, act):
             dz[i] = da[i]
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _nchunks(n):
     return (n + _CHUNK - 1) // _CHUNK
 
 
 @njit(**_jit)
-def _act_fwd_flat(zf, af, act):
-    """Serial part of the activation kernels: the whole range, or nothing
-    when the caller will run the parallel loop (returns False then)."""
-    n = zf.size
-    if n < _PAR_MIN:
-        _act_fwd_range(zf, af, 0, n, act)
-        return True
-    return False
+def activation_forward_serial(z, a, act):
+    """:func:`activation_forward` without a parallel loop (the same
+    arithmetic; for arrays below ``PAR_MIN`` elements, where the parallel
+    kernel runs this too, at a fraction of its compile time)."""
+    _act_fwd_range(z.reshape(z.size), a.reshape(a.size), 0, z.size, act)
 
 
 @njit(**_jit)
-def _act_bwd_flat(af, daf, dzf, act):
-    n = af.size
-    if n < _PAR_MIN:
-        _act_bwd_range(af, daf, dzf, 0, n, act)
-        return True
-    return False
+def activation_backward_serial(a, da, dz, act):
+    """:func:`activation_backward` without a parallel loop (see
+    :func:`activation_forward_serial`)."""
+    _act_bwd_range(a.reshape(a.size), da.reshape(da.size), dz.reshape(dz.size), 0, a.size, act)
+
+
+# inlined into each parallel kernel below (its prange becomes theirs): one
+# body for the generic and the six named activation kernels
+@njit(**_inline)
+def _act_fwd_body(z, a, act):
+    n = z.size
+    if n < PAR_MIN:
+        activation_forward_serial(z, a, act)
+    else:
+        zf = z.reshape(n)
+        af = a.reshape(n)
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), act)
+
+
+@njit(**_inline)
+def _act_bwd_body(a, da, dz, act):
+    n = a.size
+    if n < PAR_MIN:
+        activation_backward_serial(a, da, dz, act)
+    else:
+        af = a.reshape(n)
+        daf = da.reshape(n)
+        dzf = dz.reshape(n)
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), act)
 
 
 @njit(**_pjit)
@@ -230,13 +270,7 @@ def activation_forward(z, a, act):
         ``ACT_IDENTITY`` (0), ``ACT_RELU`` (1), ``ACT_SIGMOID`` (2) or
         ``ACT_TANH`` (3).
     """
-    zf = z.reshape(z.size)
-    af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, act):
-        n = zf.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), act)
+    _act_fwd_body(z, a, act)
 
 
 @njit(**_pjit)
@@ -257,89 +291,43 @@ def activation_backward(a, da, dz, act):
     act : int
         Activation code, as in :func:`activation_forward`.
     """
-    af = a.reshape(a.size)
-    daf = da.reshape(da.size)
-    dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, act):
-        n = af.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), act)
+    _act_bwd_body(a, da, dz, act)
 
 
 @njit(**_pjit)
 def sigmoid_forward(z, a):
     """``a = 1 / (1 + exp(-z))``, overflow-free.  Shapes as in :func:`activation_forward`."""
-    zf = z.reshape(z.size)
-    af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, ACT_SIGMOID):
-        n = zf.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), ACT_SIGMOID)
+    _act_fwd_body(z, a, ACT_SIGMOID)
 
 
 @njit(**_pjit)
 def sigmoid_backward(a, da, dz):
     """``dz = da * a * (1 - a)`` from the saved output ``a``."""
-    af = a.reshape(a.size)
-    daf = da.reshape(da.size)
-    dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, ACT_SIGMOID):
-        n = af.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), ACT_SIGMOID)
+    _act_bwd_body(a, da, dz, ACT_SIGMOID)
 
 
 @njit(**_pjit)
 def relu_forward(z, a):
     """``a = max(z, 0)`` (NaN passes through).  Shapes as in :func:`activation_forward`."""
-    zf = z.reshape(z.size)
-    af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, ACT_RELU):
-        n = zf.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), ACT_RELU)
+    _act_fwd_body(z, a, ACT_RELU)
 
 
 @njit(**_pjit)
 def relu_backward(a, da, dz):
     """``dz = da * (a > 0)`` from the saved output ``a`` (ReLU'(0) = 0, as in PyTorch)."""
-    af = a.reshape(a.size)
-    daf = da.reshape(da.size)
-    dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, ACT_RELU):
-        n = af.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), ACT_RELU)
+    _act_bwd_body(a, da, dz, ACT_RELU)
 
 
 @njit(**_pjit)
 def tanh_forward(z, a):
     """``a = tanh(z)``.  Shapes as in :func:`activation_forward`."""
-    zf = z.reshape(z.size)
-    af = a.reshape(a.size)
-    if not _act_fwd_flat(zf, af, ACT_TANH):
-        n = zf.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_fwd_range(zf, af, s, min(s + _CHUNK, n), ACT_TANH)
+    _act_fwd_body(z, a, ACT_TANH)
 
 
 @njit(**_pjit)
 def tanh_backward(a, da, dz):
     """``dz = da * (1 - a**2)`` from the saved output ``a``."""
-    af = a.reshape(a.size)
-    daf = da.reshape(da.size)
-    dzf = dz.reshape(dz.size)
-    if not _act_bwd_flat(af, daf, dzf, ACT_TANH):
-        n = af.size
-        for c in prange(_nchunks(n)):
-            s = c * _CHUNK
-            _act_bwd_range(af, daf, dzf, s, min(s + _CHUNK, n), ACT_TANH)
+    _act_bwd_body(a, da, dz, ACT_TANH)
 
 
 # --------------------------------------------------------------------------
@@ -350,7 +338,7 @@ def tanh_backward(a, da, dz):
 _SMALL_MM = 4096
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _matmul(a, b, out):
     """``out = a @ b`` for 2-D arrays of any layout (transposed views too):
     plain loops for tiny products, BLAS otherwise.  Serial either way."""
@@ -369,7 +357,7 @@ def _matmul(a, b, out):
         np.dot(a, b, out)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _bias_act_row(out, b, i, act):
     """``out[i] = f(out[i] + b)`` in place, in one pass for ReLU and identity."""
     m = out.shape[1]
@@ -387,11 +375,22 @@ def _bias_act_row(out, b, i, act):
 
 
 @njit(**_jit)
-def _dense_fwd_serial(x, W, b, out, act):
-    """Serial twin of :func:`dense_act_forward` (same arithmetic per element)."""
+def dense_act_forward_serial(x, W, b, out, act):
+    """:func:`dense_act_forward` without a parallel loop (the same arithmetic
+    per element; what that kernel runs below ``PAR_MIN`` output elements)."""
     _matmul(x, W, out)
     for i in range(out.shape[0]):
         _bias_act_row(out, b, i, act)
+
+
+@njit(**_inline)
+def _dense_fwd_body(x, W, b, out, act):
+    if out.size < PAR_MIN:
+        dense_act_forward_serial(x, W, b, out, act)
+    else:
+        _matmul(x, W, out)
+        for i in prange(out.shape[0]):
+            _bias_act_row(out, b, i, act)
 
 
 @njit(**_pjit)
@@ -416,14 +415,7 @@ def dense_act_forward(x, W, b, out, act):
     The product runs in BLAS; the bias add and activation are one fused pass,
     parallel over rows when the output is large.
     """
-    _matmul(x, W, out)
-    n = out.shape[0]
-    if out.size < _PAR_MIN:
-        for i in range(n):
-            _bias_act_row(out, b, i, act)
-    else:
-        for i in prange(n):
-            _bias_act_row(out, b, i, act)
+    _dense_fwd_body(x, W, b, out, act)
 
 
 @njit(**_pjit)
@@ -437,17 +429,10 @@ def dense_forward(x, W, b, out):
     b : ndarray (n_out,), same dtype
     out : ndarray (n, n_out), same dtype, C-contiguous, written
     """
-    _matmul(x, W, out)
-    n = out.shape[0]
-    if out.size < _PAR_MIN:
-        for i in range(n):
-            _bias_act_row(out, b, i, ACT_IDENTITY)
-    else:
-        for i in prange(n):
-            _bias_act_row(out, b, i, ACT_IDENTITY)
+    _dense_fwd_body(x, W, b, out, ACT_IDENTITY)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _colsum_block(dy, db, j0, j1):
     zero = db.dtype.type(0)
     n = j1 - j0
@@ -458,6 +443,20 @@ def _colsum_block(dy, db, j0, j1):
         row = dy[i, j0:j1]
         for j in range(n):
             dbv[j] += row[j]
+
+
+# the one bias-gradient body (inlined: see _inline): parallel over blocks of
+# columns, each column summed over all rows in row order by one thread
+@njit(**_inline)
+def _bias_grad_body(dy, db):
+    m = dy.shape[1]
+    nblk = (m + _COLBLK - 1) // _COLBLK
+    if dy.size < PAR_MIN or nblk < 2:
+        _colsum_block(dy, db, 0, m)
+    else:
+        for c in prange(nblk):
+            j0 = c * _COLBLK
+            _colsum_block(dy, db, j0, min(j0 + _COLBLK, m))
 
 
 @njit(**_pjit)
@@ -475,21 +474,20 @@ def bias_grad(dy, db):
     row order by one thread, so the result does not depend on the thread
     count.
     """
-    m = dy.shape[1]
-    nblk = (m + _COLBLK - 1) // _COLBLK
-    if dy.size < _PAR_MIN or nblk < 2:
-        _colsum_block(dy, db, 0, m)
-    else:
-        for c in prange(nblk):
-            j0 = c * _COLBLK
-            _colsum_block(dy, db, j0, min(j0 + _COLBLK, m))
+    _bias_grad_body(dy, db)
 
 
 @njit(**_jit)
-def _dense_bwd_serial(x, W, dy, dx, dW, db, need_dx):
-    """Serial twin of :func:`dense_backward` / :func:`dense_backward_params`."""
-    if need_dx:
-        _matmul(dy, W.T, dx)
+def dense_backward_serial(x, W, dy, dx, dW, db):
+    """:func:`dense_backward` without a parallel loop (the same arithmetic)."""
+    _matmul(dy, W.T, dx)
+    _matmul(x.T, dy, dW)
+    _colsum_block(dy, db, 0, dy.shape[1])
+
+
+@njit(**_jit)
+def dense_backward_params_serial(x, dy, dW, db):
+    """:func:`dense_backward_params` without a parallel loop (the same arithmetic)."""
     _matmul(x.T, dy, dW)
     _colsum_block(dy, db, 0, dy.shape[1])
 
@@ -510,14 +508,7 @@ def dense_backward_params(x, dy, dW, db):
     db : ndarray (n_out,), written: ``dy.sum(0)``
     """
     _matmul(x.T, dy, dW)
-    m = dy.shape[1]
-    nblk = (m + _COLBLK - 1) // _COLBLK
-    if dy.size < _PAR_MIN or nblk < 2:
-        _colsum_block(dy, db, 0, m)
-    else:
-        for c in prange(nblk):
-            j0 = c * _COLBLK
-            _colsum_block(dy, db, j0, min(j0 + _COLBLK, m))
+    _bias_grad_body(dy, db)
 
 
 @njit(**_pjit)
@@ -540,20 +531,13 @@ def dense_backward(x, W, dy, dx, dW, db):
     """
     _matmul(dy, W.T, dx)
     _matmul(x.T, dy, dW)
-    m = dy.shape[1]
-    nblk = (m + _COLBLK - 1) // _COLBLK
-    if dy.size < _PAR_MIN or nblk < 2:
-        _colsum_block(dy, db, 0, m)
-    else:
-        for c in prange(nblk):
-            j0 = c * _COLBLK
-            _colsum_block(dy, db, j0, min(j0 + _COLBLK, m))
+    _bias_grad_body(dy, db)
 
 
 # --------------------------------------------------------------------------
 # losses
 # --------------------------------------------------------------------------
-@njit(**_jit)
+@njit(**_inline)
 def _mse_row(p, t, g, row_loss, i, scale):
     acc = p.dtype.type(0)
     for k in range(p.shape[1]):
@@ -564,10 +548,13 @@ def _mse_row(p, t, g, row_loss, i, scale):
 
 
 @njit(**_jit)
-def _mse_serial(pred, target, grad, row_loss):
-    """Serial twin of :func:`mse_loss`."""
+def mse_loss_serial(pred, target, grad, row_loss):
+    """:func:`mse_loss` without a parallel loop (the same arithmetic; what
+    that kernel runs below ``PAR_MIN`` elements)."""
     n = pred.shape[0]
     total = pred.size
+    if total == 0:
+        return np.nan
     k = total // n
     p = pred.reshape((n, k))
     t = target.reshape((n, k))
@@ -575,10 +562,16 @@ def _mse_serial(pred, target, grad, row_loss):
     scale = pred.dtype.type(2) / pred.dtype.type(total)
     for i in range(n):
         _mse_row(p, t, g, row_loss, i, scale)
+    return _mean_rows(row_loss, n, total)
+
+
+@njit(**_inline)
+def _mean_rows(row_loss, n, count):
+    """Sum of ``row_loss[:n]`` in row order, in float64, over ``count``."""
     s = 0.0
     for i in range(n):
         s += row_loss[i]
-    return s / total
+    return s / count
 
 
 @njit(**_pjit)
@@ -601,28 +594,21 @@ def mse_loss(pred, target, grad, row_loss):
     float
         The loss.  Rows are summed in order, in float64.
     """
-    n = pred.shape[0]
     total = pred.size
-    if total == 0:
-        return np.nan
+    if total < PAR_MIN:
+        return mse_loss_serial(pred, target, grad, row_loss)
+    n = pred.shape[0]
     k = total // n
     p = pred.reshape((n, k))
     t = target.reshape((n, k))
     g = grad.reshape((n, k))
     scale = pred.dtype.type(2) / pred.dtype.type(total)
-    if total < _PAR_MIN:
-        for i in range(n):
-            _mse_row(p, t, g, row_loss, i, scale)
-    else:
-        for i in prange(n):
-            _mse_row(p, t, g, row_loss, i, scale)
-    s = 0.0
-    for i in range(n):
-        s += row_loss[i]
-    return s / total
+    for i in prange(n):
+        _mse_row(p, t, g, row_loss, i, scale)
+    return _mean_rows(row_loss, n, total)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _xent_row(z, labels, g, row_loss, i, inv_n):
     c = z.shape[1]
     m = z[i, 0]
@@ -644,17 +630,25 @@ def _xent_row(z, labels, g, row_loss, i, inv_n):
     g[i, y] -= inv_n
 
 
+@njit(**_inline)
+def _check_class_labels(labels, n, c):
+    for i in range(n):
+        if labels[i] < 0 or labels[i] >= c:
+            raise ValueError("softmax_cross_entropy: a label is outside [0, n_classes)")
+
+
 @njit(**_jit)
-def _xent_serial(logits, labels, grad, row_loss):
-    """Serial twin of :func:`softmax_cross_entropy` (labels already checked)."""
-    n = logits.shape[0]
+def softmax_cross_entropy_serial(logits, labels, grad, row_loss):
+    """:func:`softmax_cross_entropy` without a parallel loop (the same
+    arithmetic; what that kernel runs below ``PAR_MIN`` elements)."""
+    n, c = logits.shape
+    _check_class_labels(labels, n, c)
+    if n == 0:
+        return np.nan
     inv_n = logits.dtype.type(1) / logits.dtype.type(n)
     for i in range(n):
         _xent_row(logits, labels, grad, row_loss, i, inv_n)
-    s = 0.0
-    for i in range(n):
-        s += row_loss[i]
-    return s / n
+    return _mean_rows(row_loss, n, n)
 
 
 @njit(**_pjit)
@@ -683,29 +677,20 @@ def softmax_cross_entropy(logits, labels, grad, row_loss):
     ValueError
         If a label is outside ``[0, n_classes)`` (checked before any write).
     """
+    if logits.size < PAR_MIN:
+        return softmax_cross_entropy_serial(logits, labels, grad, row_loss)
     n, c = logits.shape
-    for i in range(n):
-        if labels[i] < 0 or labels[i] >= c:
-            raise ValueError("softmax_cross_entropy: a label is outside [0, n_classes)")
-    if n == 0:
-        return np.nan
+    _check_class_labels(labels, n, c)
     inv_n = logits.dtype.type(1) / logits.dtype.type(n)
-    if logits.size < _PAR_MIN:
-        for i in range(n):
-            _xent_row(logits, labels, grad, row_loss, i, inv_n)
-    else:
-        for i in prange(n):
-            _xent_row(logits, labels, grad, row_loss, i, inv_n)
-    s = 0.0
-    for i in range(n):
-        s += row_loss[i]
-    return s / n
+    for i in prange(n):
+        _xent_row(logits, labels, grad, row_loss, i, inv_n)
+    return _mean_rows(row_loss, n, n)
 
 
 # --------------------------------------------------------------------------
 # optimisation
 # --------------------------------------------------------------------------
-@njit(**_jit)
+@njit(**_inline)
 def _sgd_range(p, g, v, start, stop, lr, mom, wd, nesterov):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -733,6 +718,14 @@ def _sgd_range(p, g, v, start, stop, lr, mom, wd, nesterov):
             p[i] -= lr * vi
 
 
+@njit(**_jit)
+def sgd_step_serial(p, g, v, lr, momentum, weight_decay, nesterov):
+    """:func:`sgd_step` without a parallel loop (the same arithmetic; what
+    that kernel runs below ``PAR_MIN`` parameters)."""
+    dt = p.dtype.type
+    _sgd_range(p, g, v, 0, p.size, dt(lr), dt(momentum), dt(weight_decay), nesterov)
+
+
 @njit(**_pjit)
 def sgd_step(p, g, v, lr, momentum, weight_decay, nesterov):
     """One SGD update in place, with the semantics of ``torch.optim.SGD``
@@ -756,16 +749,13 @@ def sgd_step(p, g, v, lr, momentum, weight_decay, nesterov):
         Cast to the dtype of ``p`` before use.
     nesterov : bool
     """
-    dt = p.dtype.type
-    lr_ = dt(lr)
-    mom = dt(momentum)
-    wd = dt(weight_decay)
     n = p.size
-    if n < _PAR_MIN:
-        _sgd_range(p, g, v, 0, n, lr_, mom, wd, nesterov)
+    if n < PAR_MIN:
+        sgd_step_serial(p, g, v, lr, momentum, weight_decay, nesterov)
     else:
-        nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch):
+        dt = p.dtype.type
+        lr_, mom, wd = dt(lr), dt(momentum), dt(weight_decay)
+        for c in prange(_nchunks(n)):
             s = c * _CHUNK
             _sgd_range(p, g, v, s, min(s + _CHUNK, n), lr_, mom, wd, nesterov)
 
@@ -796,7 +786,7 @@ def sum_squares(x):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _scale_range(xf, c, start, stop):
     # views from the block start: indices from 0 let the loops vectorise
     # (a runtime start index makes Numba allow for negative indices)
@@ -812,7 +802,7 @@ def scale_inplace(x, c):
     xf = x.reshape(x.size)
     cc = x.dtype.type(c)
     n = xf.size
-    if n < _PAR_MIN:
+    if n < PAR_MIN:
         _scale_range(xf, cc, 0, n)
     else:
         for k in prange(_nchunks(n)):
@@ -825,7 +815,7 @@ def clip_grad_norm(g, max_norm):
     """Clip a flat gradient vector to a maximum global L2 norm, in place.
 
     As ``torch.nn.utils.clip_grad_norm_``: with ``norm = ||g||_2``, if
-    ``max_norm / (norm + 1e-6) < 1`` the gradient is multiplied by that factor.
+    ``max_norm / (norm + CLIP_EPS) < 1`` the gradient is multiplied by that factor.
     Keep all of a model's gradients in one flat buffer (as
     :class:`jitprop.Sequential` does) to clip them jointly in one call.
 
@@ -842,12 +832,12 @@ def clip_grad_norm(g, max_norm):
         in PyTorch).
     """
     norm = np.sqrt(sum_squares(g))
-    coef = max_norm / (norm + 1e-6)
+    coef = max_norm / (norm + CLIP_EPS)
     if coef < 1.0:
         gf = g.reshape(g.size)
         cc = g.dtype.type(coef)
         n = gf.size
-        if n < _PAR_MIN:
+        if n < PAR_MIN:
             _scale_range(gf, cc, 0, n)
         else:
             for k in prange(_nchunks(n)):
@@ -877,6 +867,9 @@ def segment_norms(flat, offsets, out):
 #: Loss codes of :func:`mlp_train_steps`.
 LOSS_MSE = 0
 LOSS_XENT = 1
+#: Optimiser codes of :func:`mlp_train_steps`.
+OPT_SGD = 0
+OPT_ADAM = 1
 
 
 @njit(**_jit)
@@ -911,7 +904,7 @@ def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff
         W = params[oW:oW + nin * nout].reshape((nin, nout))
         b = params[ob:ob + nout]
         h = pw[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
-        _dense_fwd_serial(h_prev, W, b, h, act)
+        dense_act_forward_serial(h_prev, W, b, h, act)
         h_prev = h
     gl = pw[d0:d0 + m * nlast].reshape((m, nlast))
     row = pw[row_off:row_off + m]
@@ -945,18 +938,18 @@ def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff
         dW = g[oW:oW + nin * nout].reshape((nin, nout))
         db = g[ob:ob + nout]
         if l == 0:
-            _dense_bwd_serial(xb, W, dcur, dcur, dW, db, False)
+            dense_backward_params_serial(xb, dcur, dW, db)
         else:
             pin = table[l - 1, 1]
             x_in = pw[hoff[l - 1]:hoff[l - 1] + m * pin].reshape((m, pin))
             o = d0 if use0 else d1
             dprev = pw[o:o + m * nin].reshape((m, nin))
-            _dense_bwd_serial(x_in, W, dcur, dprev, dW, db, True)
+            dense_backward_serial(x_in, W, dcur, dprev, dW, db)
             dcur = dprev
             use0 = not use0
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _check_labels(Y_i, order, s, m, n_classes):
     for i in range(m):
         y = Y_i[order[s + i]]
@@ -964,7 +957,7 @@ def _check_labels(Y_i, order, s, m, n_classes):
             raise ValueError("mlp_train_steps: a label is outside [0, n_classes)")
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _batch_loss(ws, stride, row_off, m, rows, loss_kind, nlast):
     """The batch loss from the parts' row losses, rows summed in batch order
     in float64 (the same order whatever the number of parts)."""
@@ -983,7 +976,7 @@ def _batch_loss(ws, stride, row_off, m, rows, loss_kind, nlast):
     return s / m
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _add_parts_range(g, gx, nparts, start, stop):
     """``g[start:stop] += gx[0] + ... + gx[nparts - 2]`` on that range, adding
     the parts one by one in order."""
@@ -995,7 +988,7 @@ def _add_parts_range(g, gx, nparts, start, stop):
             gv[i] += xv[i]
 
 
-@njit(**_jit)
+@njit(**_inline)
 def _clip_and_check(grads, value, check, clip_norm):
     """Returns False (and changes nothing) if ``check`` and the loss or the
     gradients are not finite; else clips the gradients if asked."""
@@ -1009,7 +1002,7 @@ def _clip_and_check(grads, value, check, clip_norm):
             norm = np.sqrt(sum_squares(grads))
         else:
             norm = np.sqrt(gsq)
-        coef = clip_norm / (norm + 1e-6)
+        coef = clip_norm / (norm + CLIP_EPS)
         if coef < 1.0:
             _scale_range(grads, grads.dtype.type(coef), 0, grads.size)
     return True
@@ -1018,16 +1011,17 @@ def _clip_and_check(grads, value, check, clip_norm):
 @njit(**_pjit)
 def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, gx, velocity, ws,
                     stride, hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, lr, momentum,
-                    weight_decay, nesterov, clip_norm, check, losses):
-    """Run SGD steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
+                    weight_decay, nesterov, clip_norm, check, losses, opt_kind, exp_avg, exp_avg_sq,
+                    max_exp_avg_sq, adam_steps, beta1, beta2, eps, amsgrad, decoupled):
+    """Run SGD or Adam steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
 
     Step ``k`` trains on rows ``order[k*bs : (k+1)*bs]`` of ``X`` (the last
     batch may be shorter).  Each batch is cut into ``gx.shape[0] + 1`` parts
     of ``ceil(m / parts)`` consecutive rows, and the parts run forward,
     loss and backward at the same time (a ``prange`` over parts, each with
     its own workspace and gradient vector; BLAS must run on one thread while
-    they do).  Their gradients are then added in part order and SGD updates
-    the parameters, both in parallel over chunks of the parameter vector.
+    they do).  Their gradients are then added in part order and the optimiser
+    updates the parameters, both in parallel over chunks of the parameter vector.
     The number of parts, not the number of threads, fixes the arithmetic, so
     the results are the same for any thread count; with one part they are
     bitwise those of :meth:`jitprop.Trainer.fit` layer by layer in Python.
@@ -1058,6 +1052,12 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
     check : bool
         Stop before applying a step whose loss or gradients are not finite.
     losses : ndarray (>= step1 - step0,), float64, written: each step's loss
+    opt_kind : int, ``OPT_SGD`` or ``OPT_ADAM``
+        SGD uses ``velocity``, ``momentum``, ``nesterov``; Adam (the update of
+        :func:`adam_step`) uses ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``
+        (as there), ``adam_steps`` (steps taken before ``step0``), ``beta1``,
+        ``beta2``, ``eps``, ``amsgrad``, ``decoupled``.  Both use ``lr`` and
+        ``weight_decay``; the other optimiser's arrays may have size 0.
 
     Returns
     -------
@@ -1072,7 +1072,8 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
     dt = params.dtype.type
     lr_, mom, wd = dt(lr), dt(momentum), dt(weight_decay)
     nch = (P + _CHUNK - 1) // _CHUNK
-    par_update = P >= _PAR_MIN
+    par_update = P >= PAR_MIN
+    adam = opt_kind == OPT_ADAM
     for k in range(step0, step1):
         s = k * bs
         m = min(bs, N - s)
@@ -1108,14 +1109,212 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
             active = 1
         if not _clip_and_check(grads, value, check, clip_norm):
             return k - step0
+        # Adam's scalars of this step (unused, and harmless, for SGD)
+        a_ss, a_bc2, a_w1, a_b2, a_omb2, a_eps, a_wd, a_decay = _adam_consts(
+            params, adam_steps + (k - step0) + 1, lr, beta1, beta2, eps, weight_decay)
         # add the parts' gradients (if not done yet) and update, chunk by chunk
         if par_update:
             for c in prange(nch):
                 c0 = c * _CHUNK
                 c1 = min(c0 + _CHUNK, P)
                 _add_parts_range(grads, gx, active, c0, c1)
-                _sgd_range(params, grads, velocity, c0, c1, lr_, mom, wd, nesterov)
+                if adam:
+                    _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, c0, c1, a_ss, a_bc2, a_w1,
+                                a_b2, a_omb2, a_eps, a_wd, a_decay, decoupled, amsgrad)
+                else:
+                    _sgd_range(params, grads, velocity, c0, c1, lr_, mom, wd, nesterov)
         else:
             _add_parts_range(grads, gx, active, 0, P)
-            _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
+            if adam:
+                _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, 0, P, a_ss, a_bc2, a_w1,
+                            a_b2, a_omb2, a_eps, a_wd, a_decay, decoupled, amsgrad)
+            else:
+                _sgd_range(params, grads, velocity, 0, P, lr_, mom, wd, nesterov)
     return step1 - step0
+
+
+# --------------------------------------------------------------------------
+# Adam and AdamW (appended; see jitprop.optim.Adam)
+# --------------------------------------------------------------------------
+@njit(**_jit)
+def adam_scalars(step, lr, beta1, beta2):
+    """``(step_size, sqrt(bias_correction2))`` of Adam step ``step`` (1-based),
+    in float64 with the formulas of ``torch.optim.Adam``:
+    ``step_size = lr / (1 - beta1**step)``, ``(1 - beta2**step) ** 0.5``."""
+    t = np.float64(step)  # a float exponent: pow(), as Python computes beta**step
+    bc1 = 1.0 - np.float64(beta1) ** t
+    bc2 = 1.0 - np.float64(beta2) ** t
+    return np.float64(lr) / bc1, bc2 ** 0.5
+
+
+@njit(**_jit)
+def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, omb2, eps, wd, decay,
+                decoupled, amsgrad):
+    # views from the block start: indices from 0 let the loops vectorise
+    p, g, m, v = p[start:stop], g[start:stop], m[start:stop], v[start:stop]
+    n = stop - start
+    one = p.dtype.type(1)
+    half = p.dtype.type(0.5)
+    zero = p.dtype.type(0)
+    small = w1 < half  # torch's lerp: start + w (end - start), else end - (end - start)(1 - w)
+    w1m = w1 - one
+    if amsgrad:
+        vmax = vmax[start:stop]
+    for i in range(n):
+        pi = p[i]
+        gi = g[i]
+        if wd != zero:
+            if decoupled:
+                pi = pi * decay
+            else:
+                gi = gi + wd * pi
+        mi = m[i]
+        if small:
+            mi = mi + w1 * (gi - mi)
+        else:
+            mi = gi + w1m * (gi - mi)
+        m[i] = mi
+        vi = v[i] * beta2 + omb2 * gi * gi
+        v[i] = vi
+        if amsgrad:
+            vm = vmax[i]
+            if vm > vi or vm != vm:  # NaN from either side propagates, as torch.maximum
+                vi = vm
+            vmax[i] = vi
+        p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+
+
+@njit(**_jit)
+def _adam_consts(p, step, lr, beta1, beta2, eps, weight_decay):
+    # the scalars of one step, formed in float64 as torch does, then in p's dtype
+    dt = p.dtype.type
+    ss, bs2 = adam_scalars(step, lr, beta1, beta2)
+    return (dt(ss), dt(bs2), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2), dt(eps), dt(weight_decay),
+            dt(1.0 - lr * weight_decay))
+
+
+@njit(**_jit)
+def adam_step_serial(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled):
+    """:func:`adam_step` without a parallel loop (the same arithmetic; what
+    that kernel runs below ``PAR_MIN`` parameters)."""
+    step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay = _adam_consts(p, step, lr, beta1, beta2, eps,
+                                                                       weight_decay)
+    _adam_range(p, g, m, v, vmax, 0, p.size, step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay,
+                decoupled, amsgrad)
+
+
+@njit(**_pjit)
+def adam_step(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled):
+    """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) update in
+    place, with the arithmetic of ``torch.optim.Adam`` / ``AdamW``
+    (single-tensor path)::
+
+        p *= 1 - lr * weight_decay            (AdamW)
+        g  = grad + weight_decay * p          (Adam)
+        m  = lerp(m, g, 1 - beta1)
+        v  = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v)                   (amsgrad; then v := vmax)
+        p -= step_size * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    with ``step_size = lr / (1 - beta1**step)``.
+
+    Parameters
+    ----------
+    p : ndarray (n,), float32 or float64 (updated)
+    g : ndarray (n,), same dtype (read, not modified)
+    m, v : ndarray (n,), same dtype, first and second moments (zero before step 1; updated)
+    vmax : ndarray (n,) when amsgrad (updated), else any 1-D array of the dtype (unused)
+    step : int, the number of this step, 1 for the first
+    lr, beta1, beta2, eps, weight_decay : float
+        Scalars derived from them are formed in float64, then cast to the dtype of ``p``.
+    amsgrad, decoupled : bool
+    """
+    step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay = _adam_consts(p, step, lr, beta1, beta2, eps,
+                                                                       weight_decay)
+    n = p.size
+    if n < PAR_MIN:
+        _adam_range(p, g, m, v, vmax, 0, n, step_size, bc2_sqrt, w1, b2, omb2, eps_, wd, decay,
+                    decoupled, amsgrad)
+    else:
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _adam_range(p, g, m, v, vmax, s, min(s + _CHUNK, n), step_size, bc2_sqrt, w1, b2, omb2, eps_,
+                        wd, decay, decoupled, amsgrad)
+
+
+# --------------------------------------------------------------------------
+# dropout with a counter-based mask (appended; see jitprop.Dropout)
+# --------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _mix64(z):
+    # splitmix64's finaliser: a bijection of uint64 with full avalanche
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**_jit)
+def dropout_key(seed, step):
+    """The 64-bit key of the mask of call ``step`` of a dropout layer seeded
+    ``seed`` (both non-negative integers below 2**63)."""
+    return _mix64(_mix64(np.uint64(seed) ^ np.uint64(0x5851F42D4C957F2D)) + np.uint64(step))
+
+
+@njit(**_jit)
+def _dropout_range(x, out, key, threshold, scale, start, stop):
+    # element i is kept iff the top 53 bits of mix64(key + (i + 1) * golden)
+    # are >= threshold: a function of (seed, step, i) alone
+    x, out = x[start:stop], out[start:stop]
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    zero = x.dtype.type(0)
+    base = key + np.uint64(start) * golden
+    for i in range(stop - start):
+        h = _mix64(base + np.uint64(i + 1) * golden) >> np.uint64(11)
+        out[i] = x[i] * scale if h >= threshold else zero
+
+
+@njit(**_jit)
+def _dropout_consts(x, p, seed, step):
+    key = dropout_key(seed, step)
+    th = np.uint64(np.rint(np.float64(p) * 9007199254740992.0))  # p * 2**53, exact
+    return key, th, x.dtype.type(1.0 / (1.0 - np.float64(p)))
+
+
+@njit(**_jit)
+def dropout_apply_serial(x, out, p, seed, step):
+    """:func:`dropout_apply` without a parallel loop (the same mask and
+    arithmetic; what that kernel runs below ``PAR_MIN`` elements)."""
+    key, th, sc = _dropout_consts(x, p, seed, step)
+    _dropout_range(x.reshape(x.size), out.reshape(out.size), key, th, sc, 0, x.size)
+
+
+@njit(**_pjit)
+def dropout_apply(x, out, p, seed, step):
+    """Inverted dropout: ``out = x / (1 - p)`` where the mask keeps an
+    element, else 0, for C-contiguous ``x``/``out`` of one shape and dtype
+    (``out`` may be ``x``).  The forward pass applies it to the input; the
+    backward pass applies it, with the same ``seed`` and ``step``, to the
+    output gradient.
+
+    Element ``i`` (flat index) is kept iff the top 53 bits of
+    ``mix64(dropout_key(seed, step) + (i + 1) * 0x9E3779B97F4A7C15)`` are at
+    least ``round(p * 2**53)``: a function of (seed, step, i) alone, so the
+    mask never depends on the thread count or the dtype, and nothing is stored.
+
+    Parameters
+    ----------
+    x, out : ndarray, float32 or float64
+    p : float in [0, 1), the drop probability
+    seed, step : int in [0, 2**63)
+        The layer's seed and the number of its call (one mask per call).
+    """
+    key, th, sc = _dropout_consts(x, p, seed, step)
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    n = xf.size
+    if n < PAR_MIN:
+        _dropout_range(xf, of, key, th, sc, 0, n)
+    else:
+        for c in prange(_nchunks(n)):
+            s = c * _CHUNK
+            _dropout_range(xf, of, key, th, sc, s, min(s + _CHUNK, n))

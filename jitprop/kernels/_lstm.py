@@ -15,7 +15,9 @@ Conventions shared by every kernel in this module
 * All arrays are supplied by the caller, C-contiguous, and of one floating
   dtype (float32 or float64) throughout a call.  The kernels never allocate;
   the shapes of every output / cache / workspace array are listed by
-  :func:`lstm_workspace_shapes`.
+  :func:`jitprop.kernels.lstm_workspace_shapes`.  These kernels do not check
+  shapes: the checked entry points of the same names in
+  :mod:`jitprop.kernels` do, in Python.
 * Data are batch-major: ``x`` is ``(B, T, n_in)``, ``h_seq`` is ``(B, T, H)``.
   The caches are batch-major as well (``gates`` is ``(B, T, 4H)``,
   ``states`` is ``(3, B, T, H)``), which lets the input projection, ``dx`` and
@@ -55,8 +57,15 @@ __all__ = [
     "lstm_backward",
     "lstm_cell_forward",
     "lstm_cell_backward",
-    "lstm_workspace_shapes",
 ]
+
+# Compilation options, the convention of both kernel modules: one dict per
+# kind, ``@njit(**_jit)`` for serial helpers, ``@njit(**_inline)`` for helpers
+# inlined into their callers, ``@njit(**_pjit)`` for the parallel kernels.
+# Division by zero follows NumPy (no per-division check), no fastmath.
+_jit = dict(cache=True, error_model="numpy")
+_inline = dict(_jit, inline="always")
+_pjit = dict(_jit, parallel=True)
 
 # Width of the column blocks the element-wise loops are split into.  Work is
 # distributed over (batch row, block) pairs so that small batches still use
@@ -66,74 +75,18 @@ _BLOCK = 64
 # Chunk of the flat weight gradients when the parts' shares are added.
 _CHUNK = 8192
 
-# The per-time-step gate arithmetic runs in a ``prange`` loop only when a step
-# has at least this many (batch row, hidden unit) cells.  Below it the loop is
-# serial: the vectorised float32 gate loop costs a few microseconds per step,
-# less than handing work from the BLAS thread pool to Numba's pool and back
-# (with both pools spinning on the same cores that hand-over was measured to
-# make a B=64, H=256 step up to 10x slower).  Both paths do identical work per
-# cell, so the results do not depend on which one runs.
+# A step's gate arithmetic runs in a ``prange`` only from this many (row, unit)
+# cells: below, handing work from BLAS's threads to Numba's costs more than the
+# serial loop (docs/performance.md, finding 12).  Both paths do identical work.
 _PAR_STEP_MIN = 1 << 17
-
-
-def lstm_workspace_shapes(B, T, n_in, H):
-    """Shapes of every array the LSTM kernels read or write.
-
-    Parameters
-    ----------
-    B, T, n_in, H : int
-        Batch size, number of time steps, input features and hidden units.
-
-    Returns
-    -------
-    dict of str -> tuple of int
-        Keys are the kernel parameter names.  Sequence kernels
-        (:func:`lstm_forward`, :func:`lstm_backward`):
-
-        ``x, dx`` (B, T, n_in); ``W_x, dW_x`` (n_in, 4H); ``W_h, dW_h``
-        (H, 4H); ``b, db`` (4H,); ``h0, c0, h_T, c_T, dh0, dc0, dh_T, dc_T``
-        (B, H); ``h_seq, dh_seq`` (B, T, H); caches ``gates`` (B, T, 4H) and
-        ``states`` (3, B, T, H); workspaces ``step_ws`` (B, 4H) and
-        ``dgates`` (B, T, 4H).
-
-        Cell kernels (:func:`lstm_cell_forward`, :func:`lstm_cell_backward`),
-        prefixed ``cell_``: ``cell_x_t, cell_dx_t`` (B, n_in); ``cell_h,
-        cell_c, cell_tanh_c, cell_h_prev, cell_c_prev, cell_dh, cell_dc,
-        cell_dh_prev, cell_dc_prev`` (B, H); ``cell_gates, cell_step_ws,
-        cell_dgates`` (B, 4H); ``cell_accum_ws`` (n_in + H, 4H).
-    """
-    B, T, n_in, H = int(B), int(T), int(n_in), int(H)
-    G = 4 * H
-    bh = (B, H)
-    shapes = {
-        "x": (B, T, n_in), "dx": (B, T, n_in),
-        "W_x": (n_in, G), "dW_x": (n_in, G),
-        "W_h": (H, G), "dW_h": (H, G),
-        "b": (G,), "db": (G,),
-        "h0": bh, "c0": bh, "h_T": bh, "c_T": bh,
-        "dh0": bh, "dc0": bh, "dh_T": bh, "dc_T": bh,
-        "h_seq": (B, T, H), "dh_seq": (B, T, H),
-        "gates": (B, T, G), "states": (3, B, T, H),
-        "step_ws": (B, G), "dgates": (B, T, G),
-        "cell_x_t": (B, n_in), "cell_dx_t": (B, n_in),
-        "cell_gates": (B, G), "cell_step_ws": (B, G), "cell_dgates": (B, G),
-        "cell_accum_ws": (n_in + H, G),
-    }
-    for name in ("h", "c", "tanh_c", "h_prev", "c_prev", "dh", "dc",
-                 "dh_prev", "dc_prev"):
-        shapes["cell_" + name] = bh
-    return shapes
 
 
 # --------------------------------------------------------------------------
 # scalar helpers
 # --------------------------------------------------------------------------
 #
-# float64 uses libm (np.exp / np.tanh).  For float32 the transcendental
-# functions are written out with plain arithmetic so that LLVM can vectorise
-# the gate loops (Numba has no vector libm without SVML, and a scalar call per
-# element was about half of the forward time).  Accuracy of the float32
-# versions: a few ulp (exp <= 2 ulp measured on a dense grid of [-87, 0]).
+# float64 uses libm; the float32 exp / tanh / sigmoid are plain arithmetic (a
+# few ulp) so that LLVM vectorises the gate loops (docs/performance.md, finding 13).
 
 _F = np.float32
 _F_ONE = _F(1.0)
@@ -228,7 +181,7 @@ def _ov_tanh(z):
     return None
 
 
-@njit(cache=True, inline="always")
+@njit(**_inline)
 def _sigmoid(z, one):
     """Overflow-free logistic function; ``one`` carries the dtype.
 
@@ -241,12 +194,12 @@ def _sigmoid(z, one):
     return (w * e + (one - w)) / (one + e)
 
 
-@njit(cache=True)
+@njit(**_jit)
 def _block_count(n):
     return (n + _BLOCK - 1) // _BLOCK
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _copy_rows(src, dst):
     """dst[...] = src[...] for two (B, H) arrays (may be the same array)."""
     B, H = src.shape
@@ -255,7 +208,7 @@ def _copy_rows(src, dst):
             dst[r, j] = src[r, j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _column_sums_block(a, out, accumulate, k):
     """out[j] (+)= sum_r a[r, j] for the columns of block ``k``, a (R, C),
     summed in row order.
@@ -277,7 +230,7 @@ def _column_sums_block(a, out, accumulate, k):
             out[j] += a[r, j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _add_row(src, dst, r):
     """dst[r] += src[r] for two 2-D arrays of equal shape."""
     for j in range(src.shape[1]):
@@ -294,7 +247,7 @@ def _add_row(src, dst, r):
 # arrays stay under a small threshold, and one fused loop over ten arrays
 # would stay scalar.  All arguments are 1-D contiguous rows.
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H,
                j0, j1):
     """Gate nonlinearities and state update for columns j0:j1 of one row.
@@ -353,14 +306,9 @@ def _fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H,
             ho[k] = hh[k]
 
 
-# Inlined (at Numba's IR level) into its callers: the row views they pass are
-# then created and used in one function, where Numba's reference-count pruning
-# removes their atomic increments and decrements.  Called as a function, each
-# call cost 16 atomic operations on the shared arrays' reference counts, and
-# with two threads those cache lines bounced between the cores: lstm-small's
-# backward gate loop ran no faster on 2 threads than on 1 (0.108 against
-# 0.110 ms), and runs 1.5x faster inlined (0.071 ms).
-@njit(cache=True, error_model="numpy", inline="always")
+# Inlined into its callers, so that Numba prunes the row views' atomic reference
+# counts, which bounce between the cores on 2 threads (docs/performance.md, finding 11).
+@njit(**_inline)
 def _bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
     """Gate gradients for columns j0:j1 of one row.
 
@@ -422,7 +370,7 @@ def _bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
 # BLAS and Numba threads never compete.  Each cell sees the same arithmetic
 # as in the one-part path.
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, r0, r1):
     """All of :func:`lstm_forward` for batch rows r0:r1 (serial)."""
     T, n_in = x.shape[1], x.shape[2]
@@ -447,7 +395,7 @@ def _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, r
                            h_seq[r, t], H, j0, j1)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, r0, r1):
     """The recurrence of :func:`lstm_backward` for batch rows r0:r1 (serial):
     leaves the gate gradients in ``dgates[r0:r1]``.  ``WhT`` is ``W_h.T`` as
@@ -468,7 +416,7 @@ def _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws,
         np.dot(step_ws[r0:r1], WhT, dh0[r0:r1])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1):
     """Rows r0:r1's ``dx`` and their share of the weight gradients (serial)."""
     T, n_in = x.shape[1], x.shape[2]
@@ -482,12 +430,12 @@ def _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1):
         np.dot(dg, W_x.T, dx[r0:r1].reshape((nr * T, n_in)))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _chunk_count(n):
     return (n + _CHUNK - 1) // _CHUNK
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _add_shares(dst, dw_ws, n_shares, off, k):
     """``dst[c0:c1] += dw_ws[q, off + c0:off + c1]`` for q = 0, 1, ... in order,
     over chunk ``k`` (``c0 = k * _CHUNK``) of the flat gradient ``dst``."""
@@ -500,7 +448,7 @@ def _add_shares(dst, dw_ws, n_shares, off, k):
             d[i] += src[i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _transpose_into(a, out):
     """out[j, i] = a[i, j] for a (R, C) and out (C, R), in 32 x 32 tiles."""
     R, C = a.shape
@@ -513,7 +461,7 @@ def _transpose_into(a, out):
                     out[j, i] = a[i, j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_jit)
 def _part_rows(B, parts):
     """Rows per part and the number of parts that hold rows."""
     rows = (B + parts - 1) // parts
@@ -524,7 +472,7 @@ def _part_rows(B, parts):
 # full-sequence kernels
 # --------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(**_pjit)
 def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
                  step_ws, parts=1):
     """LSTM forward pass over a whole sequence.
@@ -573,20 +521,6 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
     B, T, n_in = x.shape
     H = W_h.shape[0]
     G = 4 * H
-    if (W_x.shape[0] != n_in or W_x.shape[1] != G or W_h.shape[1] != G
-            or b.shape[0] != G):
-        raise ValueError("lstm_forward: inconsistent weight shapes")
-    if (h0.shape[0] != B or h0.shape[1] != H or c0.shape[0] != B
-            or c0.shape[1] != H or h_T.shape[0] != B or h_T.shape[1] != H
-            or c_T.shape[0] != B or c_T.shape[1] != H):
-        raise ValueError("lstm_forward: state arrays must be (B, H)")
-    if (h_seq.shape[0] != B or h_seq.shape[1] != T or h_seq.shape[2] != H
-            or gates.shape[0] != B or gates.shape[1] != T
-            or gates.shape[2] != G or states.shape[0] != 3
-            or states.shape[1] != B or states.shape[2] != T
-            or states.shape[3] != H or step_ws.shape[0] != B
-            or step_ws.shape[1] != G):
-        raise ValueError("lstm_forward: output/cache/workspace shape mismatch")
 
     if parts > 1 and B > 1:
         rows, active = _part_rows(B, parts)
@@ -618,7 +552,7 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
                        h_seq[r, t], H, j0, j1)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(**_pjit)
 def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
                   dW_h, db, dh0, dc0, dgates, step_ws, parts=1, dw_ws=None):
     """Backpropagation through time for :func:`lstm_forward`.
@@ -677,39 +611,16 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
     B, T, n_in = x.shape
     H = W_h.shape[0]
     G = 4 * H
-    if (W_x.shape[0] != n_in or W_x.shape[1] != G or W_h.shape[1] != G
-            or dW_x.shape[0] != n_in or dW_x.shape[1] != G
-            or dW_h.shape[0] != H or dW_h.shape[1] != G or db.shape[0] != G):
-        raise ValueError("lstm_backward: inconsistent weight/gradient shapes")
-    if (dh_T.shape[0] != B or dh_T.shape[1] != H or dc_T.shape[0] != B
-            or dc_T.shape[1] != H or dh0.shape[0] != B or dh0.shape[1] != H
-            or dc0.shape[0] != B or dc0.shape[1] != H):
-        raise ValueError("lstm_backward: state gradients must be (B, H)")
-    if (dh_seq.shape[0] != B or dh_seq.shape[1] != T or dh_seq.shape[2] != H
-            or gates.shape[0] != B or gates.shape[1] != T
-            or gates.shape[2] != G or states.shape[0] != 3
-            or states.shape[1] != B or states.shape[2] != T
-            or states.shape[3] != H or dgates.shape[0] != B
-            or dgates.shape[1] != T or dgates.shape[2] != G
-            or step_ws.shape[0] != B or step_ws.shape[1] != G):
-        raise ValueError("lstm_backward: cache/workspace shape mismatch")
-    if dx is not None:
-        if dx.shape[0] != B or dx.shape[1] != T or dx.shape[2] != n_in:
-            raise ValueError("lstm_backward: dx must be (B, T, n_in)")
 
-    # The recurrent product dL/dh_{t-1} = dz_t @ W_h.T runs on an explicit
-    # C-contiguous copy of W_h.T: OpenBLAS multiplies by a transposed operand
-    # of this shape 1.4x slower (64 x 1024 x 256: 61 against 86 GFLOP/s).
-    # dW_h, written only at the end, holds the copy until then.  dh0 / dc0
-    # carry dL/dh_t (recurrent part) and dL/dc_t between steps.
+    # dL/dh_{t-1} = dz_t @ W_h.T runs on a C-contiguous copy of W_h.T, which OpenBLAS
+    # multiplies faster (docs/performance.md, finding 10); dW_h holds it until the end.
+    # dh0 / dc0 carry dL/dh_t (recurrent part) and dL/dc_t between steps.
     WhT = dW_h.reshape(G, H)
     if parts > 1 and B > 1:
         if dw_ws is None:  # (a test of the argument itself lets Numba drop this path for None)
             raise ValueError("lstm_backward: parts > 1 needs dw_ws")
         rows, active = _part_rows(B, parts)
         nxg = n_in * G
-        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != nxg + H * G:
-            raise ValueError("lstm_backward: parts > 1 needs dw_ws of shape (parts - 1, n_in*4H + H*4H)")
         _transpose_into(W_h, WhT)
         for p in prange(active):
             r0 = p * rows
@@ -760,7 +671,7 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
 # single-step kernels
 # --------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(**_pjit)
 def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
                       step_ws):
     """One LSTM time step.
@@ -794,17 +705,6 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
     """
     B, n_in = x_t.shape
     H = W_h.shape[0]
-    G = 4 * H
-    if (W_x.shape[0] != n_in or W_x.shape[1] != G or W_h.shape[1] != G
-            or b.shape[0] != G):
-        raise ValueError("lstm_cell_forward: inconsistent weight shapes")
-    if (h_prev.shape[0] != B or h_prev.shape[1] != H or c_prev.shape[0] != B
-            or c_prev.shape[1] != H or h.shape[0] != B or h.shape[1] != H
-            or c.shape[0] != B or c.shape[1] != H or tanh_c.shape[0] != B
-            or tanh_c.shape[1] != H or gates.shape[0] != B
-            or gates.shape[1] != G or step_ws.shape[0] != B
-            or step_ws.shape[1] != G):
-        raise ValueError("lstm_cell_forward: state/cache shape mismatch")
 
     np.dot(x_t, W_x, gates)
     np.dot(h_prev, W_h, step_ws)
@@ -829,7 +729,7 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
                        tanh_c[r], None, H, j0, j1)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(**_pjit)
 def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
                        dx_t, dh_prev, dc_prev, dW_x, dW_h, db, dgates,
                        accum_ws):
@@ -877,27 +777,6 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
     """
     B, n_in = x_t.shape
     H = W_h.shape[0]
-    G = 4 * H
-    if (W_x.shape[0] != n_in or W_x.shape[1] != G or W_h.shape[1] != G
-            or dW_x.shape[0] != n_in or dW_x.shape[1] != G
-            or dW_h.shape[0] != H or dW_h.shape[1] != G or db.shape[0] != G):
-        raise ValueError("lstm_cell_backward: inconsistent weight shapes")
-    if (h_prev.shape[0] != B or h_prev.shape[1] != H or c_prev.shape[0] != B
-            or c_prev.shape[1] != H or tanh_c.shape[0] != B
-            or tanh_c.shape[1] != H or dh.shape[0] != B or dh.shape[1] != H
-            or dc.shape[0] != B or dc.shape[1] != H or dh_prev.shape[0] != B
-            or dh_prev.shape[1] != H or dc_prev.shape[0] != B
-            or dc_prev.shape[1] != H or gates.shape[0] != B
-            or gates.shape[1] != G or dgates.shape[0] != B
-            or dgates.shape[1] != G):
-        raise ValueError("lstm_cell_backward: state/cache shape mismatch")
-    if dx_t is not None:
-        if dx_t.shape[0] != B or dx_t.shape[1] != n_in:
-            raise ValueError("lstm_cell_backward: dx_t must be (B, n_in)")
-    if accum_ws is not None:
-        if accum_ws.shape[0] != n_in + H or accum_ws.shape[1] != G:
-            raise ValueError("lstm_cell_backward: accum_ws must be "
-                             "(n_in + H, 4H)")
 
     nblk = _block_count(H)
     if B * H >= _PAR_STEP_MIN:

@@ -5,7 +5,8 @@ These are the Numba dispatchers themselves.  Call them from your own
 you have already checked the arguments: they assume C-contiguous arrays of
 one float dtype with the shapes given in each docstring, and out-of-shape
 arguments make them read or write outside the buffers.  The checked versions
-with the same names live in :mod:`jitprop.kernels`.
+with the same names live in :mod:`jitprop.kernels`.  ``lstm_workspace_shapes``
+(plain Python) gives the shapes the LSTM kernels expect.
 """
 
 from ._core import (  # noqa: F401
@@ -13,17 +14,35 @@ from ._core import (  # noqa: F401
     ACT_RELU,
     ACT_SIGMOID,
     ACT_TANH,
+    CLIP_EPS,
     LOSS_MSE,
     LOSS_XENT,
+    OPT_ADAM,
+    OPT_SGD,
     activation_backward,
     activation_forward,
+    adam_scalars,
+    adam_step,
+    adam_step_serial,
     bias_grad,
     clip_grad_norm,
     dense_act_forward,
     dense_backward,
     dense_backward_params,
     dense_forward,
+    dropout_apply,
+    dropout_apply_serial,
+    dropout_key,
+    PAR_MIN,
+    activation_backward_serial,
+    activation_forward_serial,
+    dense_act_forward_serial,
+    dense_backward_params_serial,
+    dense_backward_serial,
     mlp_train_steps,
+    mse_loss_serial,
+    sgd_step_serial,
+    softmax_cross_entropy_serial,
     mse_loss,
     relu_backward,
     relu_forward,
@@ -37,3 +56,18 @@ from ._core import (  # noqa: F401
     tanh_backward,
     tanh_forward,
 )
+from ._lstm import (  # noqa: F401
+    lstm_backward,
+    lstm_cell_backward,
+    lstm_cell_forward,
+    lstm_forward,
+)
+from ._lstm_shapes import lstm_workspace_shapes  # noqa: F401
+from ._gru import (  # noqa: F401
+    gru_backward,
+    gru_cell_backward,
+    gru_cell_forward,
+    gru_forward,
+    gru_workspace_shapes,
+)
+from ._embedding import embedding_backward, embedding_forward  # noqa: F401
