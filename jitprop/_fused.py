@@ -97,6 +97,18 @@ def choose_parts(bs, largest):
 class FusedMLP:
     """A ready-to-run plan of the fused path for one (trainer, data, batch size)."""
 
+    @staticmethod
+    def key_of(trainer, X, y, bs):
+        """What a plan was sized and typed for: the model, its layers and flat
+        vectors, the loss, the optimiser, the batch size, and the data's row
+        shapes, dtypes and the array flags Numba types them by.  A plan whose
+        :attr:`key` equals this can run on ``X, y`` after :meth:`bind`."""
+        m = trainer.model
+        return (id(m), tuple(id(layer) for layer in m.layers), id(m.flat_params), id(m.flat_grads),
+                id(trainer.loss), id(trainer.optimizer), bs,
+                X.shape[1:], X.dtype, X.flags.c_contiguous, X.flags.writeable, X.flags.aligned,
+                y.shape[1:], y.dtype, y.flags.c_contiguous, y.flags.writeable, y.flags.aligned)
+
     @classmethod
     def build(cls, trainer, X, y, bs, parts=None):
         """Return a plan, or None if the model/loss/data do not fit the fused path."""
@@ -131,6 +143,11 @@ class FusedMLP:
         self.trainer = trainer
         self.model = trainer.model
         self.opt = trainer.optimizer
+        # the objects the key names by id stay alive with the plan, so no
+        # other object can take one of their ids
+        self._keyed = (self.model, tuple(self.model.layers), self.model.flat_params, self.model.flat_grads,
+                       trainer.loss, self.opt)
+        self.key = self.key_of(trainer, X, y, bs)
         self.X = X
         self.bs = bs
         self.table = table
@@ -166,11 +183,29 @@ class FusedMLP:
         self.losses = np.zeros(0, np.float64)
         # BLAS runs on one thread while the parts run in parallel (threads
         # must not multiply), and for small products, where waking OpenBLAS's
-        # threads costs more than it saves (see single_thread_blas)
-        self.single_blas = self.parts > 1 or largest < SMALL_PRODUCT
+        # threads costs more than it saves (see single_thread_blas); no switch
+        # when every product runs as compiled loops
+        self.single_blas = (self.parts > 1 or largest < SMALL_PRODUCT) and largest > K.SMALL_MM
+        self.chunk = 1  # steps per compiled call: Trainer.fit grows it and keeps it across calls
         self.empty = np.zeros(0, dt)  # stands for the other optimiser's arrays
         self._ready = False
         self._background = None
+
+    def bind(self, X, y):
+        """Run on new data of the same :attr:`key`."""
+        self.X = X
+        if self.kind == K.LOSS_MSE:
+            self.Yf = y
+        else:
+            self.Yi = y
+
+    def release(self):
+        """Drop the references to the data (the plan outlives the fit call)."""
+        self.X = None
+        if self.kind == K.LOSS_MSE:
+            self.Yf = None
+        else:
+            self.Yi = None
 
     def start(self, mode, steps):
         """Choose how a run of ``steps`` steps begins: True to run fused from
@@ -179,7 +214,7 @@ class FusedMLP:
         only for short runs whose batch is one part, where both paths do the
         same arithmetic, so switching keeps the results bitwise those of
         either path).  :meth:`active` then tells when to switch."""
-        self._ready = (mode is True or self.parts > 1 or steps > SHORT_RUN_STEPS
+        self._ready = (self._ready or mode is True or self.parts > 1 or steps > SHORT_RUN_STEPS
                        or _load_compiled(K.mlp_train_steps, self._args(np.zeros(1, np.int64), 0, 0, True)))
         if not self._ready:
             self._background = compile_in_background(self.model.dtype)

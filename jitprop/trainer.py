@@ -187,6 +187,10 @@ class Trainer:
         self._position = None
         #: the position ``fit(..., resume=True)`` continues from (set by :meth:`load`)
         self._resume_from = None
+        #: the last fit's fused plan, reused by the next fit it fits (FusedMLP.key_of)
+        self._fused_plan = None
+        #: (seed, generator, its state when seeded): fit resets it instead of seeding anew
+        self._rng_cache = None
 
     # -- one step ---------------------------------------------------------------
     def train_step(self, x, y):
@@ -404,16 +408,21 @@ class Trainer:
         run = self._setup_run(X, y, epochs, batch_size, shuffle, validation_data, progress, track_gradients,
                               on_nonfinite, checkpoint, checkpoint_every, callback, use_fused)
         run.scheduler, run.early_stopping = scheduler, early_stopping
-        state = self._begin(run, seed, resume)
-        hist = self.history
-        for epoch in range(state.epoch, run.epochs):
-            if early_stopping is not None and early_stopping.stopped_epoch is not None:
-                break  # a resumed run that had already stopped
-            state.epoch = epoch
-            result = self._run_epoch(run, state)
-            if self._end_epoch(run, state, result, hist):
-                break
-        self._finish(run, hist)
+        try:
+            state = self._begin(run, seed, resume)
+            hist = self.history
+            for epoch in range(state.epoch, run.epochs):
+                if early_stopping is not None and early_stopping.stopped_epoch is not None:
+                    break  # a resumed run that had already stopped
+                state.epoch = epoch
+                result = self._run_epoch(run, state)
+                if self._end_epoch(run, state, result, hist):
+                    break
+            self._finish(run, hist)
+        finally:
+            if run.fused is not None:
+                run.fused.chunk = max(run.fused.chunk, run.chunk)
+                run.fused.release()  # the plan stays for the next call, the user's data does not
         return hist
 
     # -- the stages of fit ----------------------------------------------------------
@@ -463,20 +472,47 @@ class Trainer:
         _threads.warn_if_unsafe_layer()
         fused = None
         if use_fused and callback is None and not track_gradients and on_nonfinite != "skip" and self._fusable():
-            fused = FusedMLP.build(self, X, y, bs)
+            fused = self._plan_for(X, y, bs)
             if fused is not None:
                 fused.start(use_fused, math.ceil(n / bs) * int(epochs))
         return _FitRun(X=X, y=y, validation=validation, epochs=int(epochs), n=n, bs=bs, steps=math.ceil(n / bs),
                        shuffle=shuffle, on_nonfinite=on_nonfinite, progress=progress, callback=callback,
                        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                        norms=_GradientNorms(self.model) if track_gradients else None, fused=fused,
-                       xb=np.empty((bs,) + X.shape[1:], X.dtype), yb=np.empty((bs,) + y.shape[1:], y.dtype))
+                       xb=np.empty((bs,) + X.shape[1:], X.dtype), yb=np.empty((bs,) + y.shape[1:], y.dtype),
+                       chunk=1 if fused is None else min(fused.chunk, math.ceil(n / bs)))
+
+    def _plan_for(self, X, y, bs):
+        """The fused plan for this run: the last one rebound to ``X, y`` when
+        it was made for the same model, loss, optimiser, batch size and data
+        shapes (building one costs more than a short fit), else a new one."""
+        plan = self._fused_plan
+        if plan is not None and plan.key == FusedMLP.key_of(self, X, y, bs):
+            plan.bind(X, y)
+            return plan
+        plan = FusedMLP.build(self, X, y, bs)
+        self._fused_plan = plan
+        return plan
+
+    def _seeded_rng(self, seed):
+        """``np.random.default_rng(seed)``; for the int seed of the previous
+        call, that call's generator reset to the seed's initial state (the
+        same stream, bitwise; seeding PCG64 costs more than setting a state)."""
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            return np.random.default_rng(seed)
+        c = self._rng_cache
+        if c is not None and c[0] == seed:
+            c[1].bit_generator.state = c[2]
+            return c[1]
+        rng = np.random.default_rng(seed)
+        self._rng_cache = (int(seed), rng, rng.bit_generator.state)
+        return rng
 
     def _begin(self, run, seed, resume):
         """Stage 2: the position to start from (epoch 0, or the loaded one when
         resuming) and the history to append to."""
         n, bs = run.n, run.bs
-        rng = np.random.default_rng(seed)
+        rng = self._seeded_rng(seed)
         state = TrainState(n=n, batch_size=bs, epoch=0, step=0, total=0.0, rng=rng,
                            order=np.arange(n, dtype=np.int64))
         hist = None

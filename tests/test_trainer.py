@@ -223,3 +223,40 @@ def test_batch_parts_choice():
     import numba
 
     assert k == min(numba.config.NUMBA_NUM_THREADS, 2)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_repeated_fit_calls_equal_fresh_trainers_and_release_the_data(opt, loss):
+    """One trainer's fit calls (reusing its fused plan, its chunk size and its
+    reset generator) give bitwise the parameters of a new Trainer per call on
+    the same model and optimiser, also when the batch size or the data change
+    between calls; fit keeps no reference to the data it was given."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(11)
+    f64 = np.float64
+
+    def model_and_opt():
+        model = jp.Sequential([jp.Dense(3, 5, dtype=f64, seed=0), jp.Tanh(), jp.Dense(5, 2, dtype=f64, seed=1)])
+        o = jp.SGD(model, lr=0.05, momentum=0.9) if opt == "sgd" else jp.Adam(model, lr=0.01)
+        return model, o
+
+    def make_loss():
+        return jp.MSELoss() if loss == "mse" else jp.SoftmaxCrossEntropy()
+
+    ma, oa = model_and_opt()
+    mb, ob = model_and_opt()
+    reused = jp.Trainer(ma, make_loss(), oa)
+    for bs, n in ((8, 40), (8, 40), (5, 40), (5, 23), (8, 40)):
+        X = rng.standard_normal((n, 3))
+        y = rng.standard_normal((n, 2)) if loss == "mse" else rng.integers(0, 2, n)
+        ref = weakref.ref(X)
+        reused.fit(X, y, epochs=2, batch_size=bs, seed=7, progress=False, use_fused=True)
+        jp.Trainer(mb, make_loss(), ob).fit(X.copy(), y.copy(), epochs=2, batch_size=bs, seed=7, progress=False,
+                                            use_fused=True)
+        assert np.array_equal(ma.flat_params, mb.flat_params)
+        del X, y
+        gc.collect()
+        assert ref() is None

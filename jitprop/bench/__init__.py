@@ -11,7 +11,7 @@
 
 from .cli import build_parser, main, worker_env
 from .workloads import (DATA_SEED, WORKLOADS, build_model, build_trainer, make_data, make_rows,
-                        step_products, train_step_flops)
+                        step_products, train_flops_per_sample, train_step_flops)
 
 __all__ = ["WORKLOADS", "DATA_SEED", "build_model", "build_trainer", "make_data", "make_rows",
-           "step_products", "train_step_flops", "build_parser", "main", "worker_env"]
+           "step_products", "train_flops_per_sample", "train_step_flops", "build_parser", "main", "worker_env"]

@@ -34,9 +34,11 @@ def _uniform_init(rng, fan_in, shape):
 # --------------------------------------------------------------------------- #
 # PyTorch (eager, torch.nn modules, torch.optim.SGD)
 # --------------------------------------------------------------------------- #
-def make_torch_step(spec, data, threads):
+def make_torch_step(spec, data, threads, variant=None):
     import torch
 
+    if variant is not None:
+        raise ValueError("unknown PyTorch variant %r" % variant)
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)
@@ -102,7 +104,7 @@ def make_torch_step(spec, data, threads):
 # --------------------------------------------------------------------------- #
 # JAX (whole step under one jax.jit, params donated)
 # --------------------------------------------------------------------------- #
-def make_jax_step(spec, data, threads):
+def make_jax_step(spec, data, threads, variant=None):
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -139,24 +141,39 @@ def make_jax_step(spec, data, threads):
             "bo": jnp.asarray(_uniform_init(rng, hid, (n_out,))),
         }
 
+        hoisted = (variant or LSTM_JAX_VARIANTS[0]) == "einsum-hoisted"
+        if variant not in (None,) + LSTM_JAX_VARIANTS:
+            raise ValueError("unknown JAX LSTM variant %r" % variant)
+
+        def gates(g, c):
+            i = jax.nn.sigmoid(g[:, :hid])
+            f = jax.nn.sigmoid(g[:, hid:2 * hid])
+            gg = jnp.tanh(g[:, 2 * hid:3 * hid])
+            o = jax.nn.sigmoid(g[:, 3 * hid:])
+            c = f * c + i * gg
+            return o * jnp.tanh(c), c
+
         def forward(p, x):  # x: (B, T, n_in) -> (B, T, n_out)
             batch = x.shape[0]
-            # input projection for all time steps at once, time-major
-            xg = jnp.einsum("bti,ig->tbg", x, p["wx"]) + p["b"]
+            if hoisted:
+                # input projection for all time steps at once, time-major
+                xs = jnp.einsum("bti,ig->tbg", x, p["wx"]) + p["b"]
 
-            def cell(carry, g_x):
-                h, c = carry
-                g = g_x + h @ p["wh"]
-                i = jax.nn.sigmoid(g[:, :hid])
-                f = jax.nn.sigmoid(g[:, hid:2 * hid])
-                gg = jnp.tanh(g[:, 2 * hid:3 * hid])
-                o = jax.nn.sigmoid(g[:, 3 * hid:])
-                c = f * c + i * gg
-                h = o * jnp.tanh(c)
-                return (h, c), h
+                def cell(carry, g_x):
+                    h, c = carry
+                    h, c = gates(g_x + h @ p["wh"], c)
+                    return (h, c), h
+            else:
+                # x_t @ W_x inside the step, beside h @ W_h
+                xs = jnp.swapaxes(x, 0, 1)
+
+                def cell(carry, x_t):
+                    h, c = carry
+                    h, c = gates(x_t @ p["wx"] + h @ p["wh"] + p["b"], c)
+                    return (h, c), h
 
             zeros = jnp.zeros((batch, hid), x.dtype)
-            _, hs = lax.scan(cell, (zeros, zeros), xg)  # (T, B, H)
+            _, hs = lax.scan(cell, (zeros, zeros), xs)  # (T, B, H)
             out = hs @ p["wo"] + p["bo"]  # (T, B, n_out)
             return jnp.swapaxes(out, 0, 1)
 
@@ -245,6 +262,21 @@ def make_jax_step(spec, data, threads):
 
 
 MAKERS = {"torch": make_torch_step, "jax": make_jax_step}
+
+#: The JAX LSTM's formulations: ``x_t @ W_x`` per step inside the scan, or the
+#: input projection of all steps hoisted into one einsum before it.  Neither
+#: is faster everywhere (issue 17: on lstm-mid at 1 thread the hoisted one ran
+#: at 724 sequences/s, the per-step one at 1,038-1,471), so the benchmark
+#: measures both and compares against the faster.
+LSTM_JAX_VARIANTS = ("xw-in-scan", "einsum-hoisted")
+
+
+def variants(framework, spec):
+    """The formulations of ``framework`` the benchmark measures for a
+    workload (``[None]``: just the one)."""
+    if framework == "jax" and spec["kind"] == "lstm":
+        return list(LSTM_JAX_VARIANTS)
+    return [None]
 
 
 def framework_version(name):

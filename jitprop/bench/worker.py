@@ -19,7 +19,14 @@ import time
 
 import numpy as np
 
-from .workloads import WORKLOADS, build_trainer, make_data, step_products
+from .workloads import (
+    FIT_COST_BATCHES,
+    FIT_COST_MAX_STEP_S,
+    WORKLOADS,
+    build_trainer,
+    make_data,
+    step_products,
+)
 
 GEMM_N = 2048
 MARK = "@@JITPROP_BENCH@@ "
@@ -56,6 +63,16 @@ def make_jitprop_step(spec, data, threads):
         return epochs * n, hist["loss"][-1]
 
     step.block = block
+    X_few = X_all[:FIT_COST_BATCHES * bs]
+    Y_few = Y_all[:FIT_COST_BATCHES * bs]
+
+    def fit_call():
+        """One user's call: ``fit(epochs=1)`` over FIT_COST_BATCHES batches
+        with fit's defaults but the progress bar."""
+        trainer.fit(X_few, Y_few, epochs=1, batch_size=bs, progress=False)
+
+    step.fit_call = fit_call
+    step.fit_call_steps = len(X_few) // bs
 
     def sync():
         pass
@@ -63,11 +80,31 @@ def make_jitprop_step(spec, data, threads):
     return step, sync
 
 
-def _make_step(framework, spec, data, threads):
+def time_fit_calls(fit_call, steps_per_call, step_s, seconds, repeats=5):
+    """``Trainer.fit``'s cost per call: ``fit_call()`` timed in ``repeats``
+    blocks of about ``seconds / repeats`` each, best block; the fixed part is
+    that minus ``steps_per_call`` steps at ``step_s`` (from the long run)."""
+    fit_call()
+    fit_call()
+    t0 = time.perf_counter()
+    fit_call()
+    once = max(time.perf_counter() - t0, 1e-7)
+    calls = max(3, int(seconds / repeats / once))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fit_call()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return {"fit_call_s": best, "fit_call_steps": steps_per_call,
+            "fit_fixed_s": best - steps_per_call * step_s, "fit_calls_per_block": calls}
+
+
+def _make_step(framework, spec, data, threads, variant=None):
     if framework == "jitprop":
         return make_jitprop_step(spec, data, threads)
     from . import peers
-    return peers.MAKERS[framework](spec, data, threads)
+    return peers.MAKERS[framework](spec, data, threads, variant=variant)
 
 
 
@@ -196,21 +233,68 @@ def _numpy_gemm(repeats):
             "cpu_per_wall": cpu_per_wall}
 
 
-def blas_info():
+def blas_info(load_scipy=True):
+    """The BLAS/OpenMP libraries loaded in this process, as threadpoolctl sees
+    them (``internal_api``, ``version``, ``architecture`` = the kernel set
+    OpenBLAS chose for this CPU).  ``load_scipy`` loads SciPy's OpenBLAS first
+    (the one Numba's ``np.dot`` calls); a peer's process reports only what it
+    loaded itself."""
     try:
         import threadpoolctl
-        import scipy.linalg  # noqa: F401  (load scipy's BLAS too, to report it)
+        if load_scipy:
+            import scipy.linalg  # noqa: F401
     except Exception as e:  # pragma: no cover - depends on the environment
         return "threadpoolctl/scipy unavailable: %s" % e
     out = []
     for d in threadpoolctl.threadpool_info():
         path = d.get("filepath", "")
-        owner = "scipy" if "scipy.libs" in path else "numpy" if "numpy.libs" in path else ""
+        owner = ("scipy" if "scipy.libs" in path else "numpy" if "numpy.libs" in path
+                 else "torch" if "torch" in path else "jax" if "jax" in path else "")
         out.append({"owner": owner, "user_api": d.get("user_api"),
                     "internal_api": d.get("internal_api"), "version": d.get("version"),
                     "architecture": d.get("architecture"), "num_threads": d.get("num_threads"),
                     "threading_layer": d.get("threading_layer"), "filepath": path})
     return out
+
+
+def kernel_info(framework):
+    """What computes a framework's products and loops besides what threadpoolctl
+    sees: jitprop's LLVM target and Numba threading layer, PyTorch's BLAS
+    (statically linked MKL, invisible to threadpoolctl) and CPU capability,
+    JAX's XLA CPU backend."""
+    info = {}
+    try:
+        if framework == "jitprop":
+            import llvmlite.binding as ll
+            import numba
+
+            info["numba"] = numba.__version__
+            info["llvm_cpu"] = ll.get_host_cpu_name()
+            try:
+                info["threading_layer"] = numba.threading_layer()
+            except ValueError:
+                info["threading_layer"] = None
+        elif framework == "torch":
+            import torch
+
+            info["torch"] = torch.__version__
+            cfg = torch.__config__.show().splitlines()
+            for line in cfg:
+                if "BLAS_INFO=" in line:
+                    info["blas"] = line.split("BLAS_INFO=")[1].split(",")[0]
+                elif "Math Kernel Library Version" in line:
+                    info["mkl"] = line.split("Version", 1)[1].split("for")[0].strip()
+                elif "oneDNN" in line and "onednn" not in info:
+                    info["onednn"] = line.strip(" -")[:60]
+            info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        elif framework == "jax":
+            import jax
+
+            info["jax"] = jax.__version__
+            info["backend"] = "XLA:%s" % jax.default_backend()
+    except Exception as e:  # pragma: no cover - depends on the environment
+        info["error"] = "%s: %s" % (type(e).__name__, e)
+    return info
 
 
 def main(payload):
@@ -221,16 +305,23 @@ def main(payload):
         res["affinity"] = sorted(os.sched_getaffinity(0))
         if job == "gemm":
             res.update(_numpy_gemm(payload["gemm_repeats"]))
-            res["blas"] = blas_info()
+            res["blas"] = blas_info(load_scipy=False)
         elif job == "floor":
             res["floor"] = _products_floor(payload["workloads"])
         else:
             spec = WORKLOADS[payload["workload"]]
             data = make_data(spec)
             t0 = time.perf_counter()
-            step, sync = _make_step(job, spec, data, payload["threads"])
+            step, sync = _make_step(job, spec, data, payload["threads"], payload.get("variant"))
             res["setup_s"] = time.perf_counter() - t0
             res.update(time_steps(step, sync, payload["seconds"], payload["repeats"]))
+            fit_call = getattr(step, "fit_call", None)
+            step_s = res["best_s"] / res["steps"]
+            if fit_call is not None and step_s <= FIT_COST_MAX_STEP_S:
+                res.update(time_fit_calls(fit_call, step.fit_call_steps, step_s, payload["seconds"]))
+            # after the run, so the libraries the framework loaded lazily are there
+            res["blas"] = blas_info(load_scipy=job == "jitprop")
+            res["kernels"] = kernel_info(job)
     except BaseException as e:  # report, never hang the parent
         import traceback
         res["ok"] = False

@@ -5,8 +5,9 @@ the MPI benchmark (``jitprop.bench.distributed``) and the asv suite."""
 import numpy as np
 
 WORKLOADS = {
+    # trained as a user would: Trainer.fit over epochs of 1,024 samples at batch 1
     "mlp-tiny": dict(kind="mlp", sizes=[1, 1, 1, 1], act="sigmoid", final_act=True,
-                     loss="mse", batch=1, n_batches=64),
+                     loss="mse", batch=1, n_batches=1024),
     "mlp-small": dict(kind="mlp", sizes=[784, 128, 10], act="relu", final_act=False,
                       loss="xent", batch=64, n_batches=32),
     "mlp-mid": dict(kind="mlp", sizes=[784, 512, 512, 10], act="relu", final_act=False,
@@ -30,6 +31,23 @@ for _name, _spec in WORKLOADS.items():
 # Adam variants (peers: torch.optim.Adam, optax.adam); the others train with plain SGD
 for _name in ("mlp-mid", "lstm-mid"):
     WORKLOADS[_name + "-adam"] = dict(WORKLOADS[_name], name=_name + "-adam", opt="adam", lr=1e-3)
+
+#: Targets of issue 17, each measured in one run at every thread count:
+#: jitprop's samples/s over the best peer's at its best ("ratio"), and
+#: training FLOP/s over numpy's SGEMM rate ("efficiency").
+TARGETS = {
+    "mlp-tiny": {"ratio": 5.0},
+    "mlp-small": {"ratio": 1.3},
+    "mlp-mid": {"ratio": 1.1, "efficiency": 0.90},
+    "mlp-wide": {"ratio": 1.05, "efficiency": 0.92},
+    "lstm-small": {"ratio": 2.0},
+    "lstm-mid": {"ratio": 1.5},
+}
+
+#: ``Trainer.fit``'s fixed cost per call is measured on this many batches
+#: per call (for workloads whose step takes at most FIT_COST_MAX_STEP_S).
+FIT_COST_BATCHES = 16
+FIT_COST_MAX_STEP_S = 1e-3
 
 DATA_SEED = 20240611
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -97,19 +115,28 @@ def make_data(spec):
 
 
 def train_step_flops(spec):
-    """Matmul FLOPs of one MLP training step (None for non-MLP workloads).
+    """Training FLOPs of one step of a workload: 2*m*k*n summed over the
+    matrix products of :func:`step_products` (forward, weight gradients, and
+    input gradients of every layer but the first).  Elementwise work
+    (activations, LSTM gates, loss, update) is not counted."""
+    return sum(2 * m * k * n * count for _, m, k, n, count, _, _ in step_products(spec))
 
-    2*m*n*k per matmul: forward x@W, backward dW and dx for every Dense except
-    dx of the first layer (3 matmuls per layer, 2 for the first).
+
+def train_flops_per_sample(spec):
+    """Training FLOPs per sample (an LSTM sample is one sequence): what a
+    framework's FLOP/s is computed from, against numpy's SGEMM rate.
+
+    MLP: forward + weight gradients + input gradients of every Dense but the
+    first (mlp-mid 3.21 MFLOP, mlp-wide 33.7).  LSTM, by the same rule: per
+    time step the input projection ``x_t @ W_x``, the recurrent product
+    ``h_{t-1} @ W_h`` and the head ``h_t @ W_o`` forward, the same three for
+    the weight gradients, and as input gradients the recurrent one
+    ``dz_t @ W_h.T`` and the head's ``dy_t @ W_o.T`` (not ``dz_t @ W_x.T``:
+    the LSTM is the first layer).  All T recurrent products are counted,
+    though at t = 0 the state is zero: the count is nominal, the same for
+    every framework.
     """
-    if spec["kind"] != "mlp":
-        return None
-    b, sizes = spec["batch"], spec["sizes"]
-    total = 0
-    for j in range(len(sizes) - 1):
-        per = 2 * b * sizes[j] * sizes[j + 1]
-        total += per * (2 if j == 0 else 3)
-    return total
+    return train_step_flops(spec) / spec["batch"]
 
 
 def step_products(spec):

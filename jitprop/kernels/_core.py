@@ -335,7 +335,7 @@ def tanh_backward(a, da, dz):
 # --------------------------------------------------------------------------
 # Products with at most this many multiply-adds run as plain loops: a BLAS
 # call costs about a microsecond of overhead, more than a tiny product.
-_SMALL_MM = 4096
+SMALL_MM = 4096
 
 
 @njit(**_inline)
@@ -344,7 +344,7 @@ def _matmul(a, b, out):
     plain loops for tiny products, BLAS otherwise.  Serial either way."""
     m, k = a.shape
     n = b.shape[1]
-    if m * k * n <= _SMALL_MM:
+    if m * k * n <= SMALL_MM:
         zero = out.dtype.type(0)
         for i in range(m):
             for j in range(n):

@@ -34,6 +34,7 @@ from ._core import (  # noqa: F401
     dropout_apply_serial,
     dropout_key,
     PAR_MIN,
+    SMALL_MM,
     activation_backward_serial,
     activation_forward_serial,
     dense_act_forward_serial,
