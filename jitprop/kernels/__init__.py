@@ -415,50 +415,63 @@ def clip_grad_norm_list(grads, max_norm):
 # --------------------------------------------------------------------------
 # LSTM kernels: the compiled ones are in _lstm.py, their shapes in _lstm_shapes.py
 # --------------------------------------------------------------------------
-def _lstm_dims(x_name, x, ndim, W_h):
-    """dtype and hidden size H from the input and ``W_h`` (H, 4H)."""
+def _recurrent_dims(x_name, x, ndim, W_h, n_gates):
+    """dtype and hidden size H from the input and ``W_h`` (H, n_gates*H)."""
     check_array(x_name, x, ndim=ndim)
     dt = x.dtype
     check_array("W_h", W_h, dtype=dt, ndim=2)
     H = W_h.shape[0]
-    if W_h.shape[1] != 4 * H:
-        raise ValueError(f"W_h must have shape (H, 4H), got {W_h.shape}")
+    if W_h.shape[1] != n_gates * H:
+        raise ValueError(f"W_h must have shape (H, {n_gates}H), got {W_h.shape}")
     return dt, H
 
 
-def _check_lstm_arrays(shapes, dt, reads, writes, prefix="", optional=()):
-    """Check every named array against ``shapes[prefix + name]``; outputs
+def _check_recurrent_arrays(shapes, dt, reads, writes, prefix="", optional=()):
+    """Check every named array against ``shapes[prefix + name]`` (or
+    ``shapes[name]``, for the parameters of the cell kernels); outputs
     (``writes``) must be writable; those named in ``optional`` may be None."""
-    for name, a in reads.items():
-        check_array(name, a, dtype=dt, shape=shapes[prefix + name])
-    for name, a in writes.items():
-        if a is not None or name not in optional:
-            check_array(name, a, dtype=dt, shape=shapes[prefix + name], writable=True)
+    for names, writable in ((reads, False), (writes, True)):
+        for name, a in names.items():
+            if a is None and writable and name in optional:
+                continue
+            shape = shapes[prefix + name] if prefix + name in shapes else shapes[name]
+            check_array(name, a, dtype=dt, shape=shape, writable=writable)
 
 
-def _check_lstm_overlaps(reads, writes, aliases=()):
+def _check_recurrent_overlaps(reads, writes, aliases=()):
     """No output overlaps another output or an input, except the pairs in
-    ``aliases`` (output, input) when they are the very same array."""
+    ``aliases`` when they are the very same array."""
+    allowed = {frozenset(pair) for pair in aliases}
     outs = [(k, a) for k, a in writes.items() if a is not None]
     for i, (na, a) in enumerate(outs):
-        for nb, b in outs[i + 1:]:
-            no_overlap(**{na: a, nb: b})
-        for nb, b in reads.items():
-            if (na, nb) in aliases and a is b:
+        for nb, b in outs[i + 1:] + list(reads.items()):
+            if a is b and frozenset((na, nb)) in allowed:
                 continue
             no_overlap(**{na: a, nb: b})
+
+
+def _check_dw_ws(dw_ws, dt, B, parts, width, formula):
+    """The weight-gradient shares of batch parts: rows 0 .. active-2 of
+    ``dw_ws`` (one per part that holds rows, but the first) are written."""
+    active = -(-B // -(-B // parts))
+    if dw_ws is None:
+        raise ValueError(f"dw_ws must be an array of shape ({parts - 1}, {width}) (parts - 1, {formula}) "
+                         "when parts > 1, got None")
+    check_array("dw_ws", dw_ws, dtype=dt, ndim=2, writable=True)
+    if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
+        raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, {formula}), got {dw_ws.shape}")
 
 
 def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, parts=1):
     """Checked :func:`jitprop.kernels.raw.lstm_forward` (same arguments; see
     its documentation).  ``h0 is h_T`` and ``c0 is c_T`` are allowed."""
-    dt, H = _lstm_dims("x", x, 3, W_h)
+    dt, H = _recurrent_dims("x", x, 3, W_h, 4)
     B, T, n_in = x.shape
     shapes = lstm_workspace_shapes(B, T, n_in, H)
     reads = dict(x=x, W_x=W_x, W_h=W_h, b=b, h0=h0, c0=c0)
     writes = dict(h_seq=h_seq, h_T=h_T, c_T=c_T, gates=gates, states=states, step_ws=step_ws)
-    _check_lstm_arrays(shapes, dt, reads, writes)
-    _check_lstm_overlaps(reads, writes, aliases={("h_T", "h0"), ("c_T", "c0")})
+    _check_recurrent_arrays(shapes, dt, reads, writes)
+    _check_recurrent_overlaps(reads, writes, aliases={("h_T", "h0"), ("c_T", "c0")})
     raw.lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, check_int("parts", parts, 1))
 
 
@@ -467,26 +480,17 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h
     """Checked :func:`jitprop.kernels.raw.lstm_backward` (same arguments; see
     its documentation).  ``dh_T is dh0`` and ``dc_T is dc0`` are allowed;
     ``dw_ws`` is required when ``parts > 1`` and the batch has several rows."""
-    dt, H = _lstm_dims("x", x, 3, W_h)
+    dt, H = _recurrent_dims("x", x, 3, W_h, 4)
     B, T, n_in = x.shape
     shapes = lstm_workspace_shapes(B, T, n_in, H)
     reads = dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, dc_T=dc_T, gates=gates, states=states)
     writes = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db=db, dh0=dh0, dc0=dc0, dgates=dgates, step_ws=step_ws)
-    _check_lstm_arrays(shapes, dt, reads, writes, optional=("dx",))
+    _check_recurrent_arrays(shapes, dt, reads, writes, optional=("dx",))
     parts = check_int("parts", parts, 1)
     if parts > 1 and B > 1:
-        rows = -(-B // parts)
-        active = -(-B // rows)   # parts that hold rows
-        width = (n_in + H) * 4 * H
-        if dw_ws is None:
-            raise ValueError(f"dw_ws must be an array of shape ({parts - 1}, {width}) (parts - 1, n_in*4H + H*4H) "
-                             "when parts > 1, got None")
-        check_array("dw_ws", dw_ws, dtype=dt, ndim=2, writable=True)
-        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
-            raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, n_in*4H + H*4H), "
-                             f"got {dw_ws.shape}")
+        _check_dw_ws(dw_ws, dt, B, parts, (n_in + H) * 4 * H, "n_in*4H + H*4H")
         writes["dw_ws"] = dw_ws
-    _check_lstm_overlaps(reads, writes, aliases={("dh0", "dh_T"), ("dc0", "dc_T")})
+    _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T"), ("dc0", "dc_T")})
     raw.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db, dh0, dc0, dgates, step_ws,
                   parts, dw_ws)
 
@@ -494,14 +498,14 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h
 def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws):
     """Checked :func:`jitprop.kernels.raw.lstm_cell_forward` (same arguments;
     see its documentation).  ``h is h_prev`` and ``c is c_prev`` are allowed."""
-    dt, H = _lstm_dims("x_t", x_t, 2, W_h)
+    dt, H = _recurrent_dims("x_t", x_t, 2, W_h, 4)
     B, n_in = x_t.shape
     shapes = lstm_workspace_shapes(B, 1, n_in, H)
     reads = dict(x_t=x_t, h_prev=h_prev, c_prev=c_prev)
     writes = dict(h=h, c=c, gates=gates, tanh_c=tanh_c, step_ws=step_ws)
-    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_")
-    _check_lstm_arrays(shapes, dt, dict(W_x=W_x, W_h=W_h, b=b), {})
-    _check_lstm_overlaps(dict(reads, W_x=W_x, W_h=W_h, b=b), writes, aliases={("h", "h_prev"), ("c", "c_prev")})
+    _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_")
+    _check_recurrent_arrays(shapes, dt, dict(W_x=W_x, W_h=W_h, b=b), {})
+    _check_recurrent_overlaps(dict(reads, W_x=W_x, W_h=W_h, b=b), writes, aliases={("h", "h_prev"), ("c", "c_prev")})
     raw.lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws)
 
 
@@ -510,16 +514,16 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
     """Checked :func:`jitprop.kernels.raw.lstm_cell_backward` (same arguments;
     see its documentation).  ``dh_prev is dh`` and ``dc_prev is dc`` are
     allowed; ``accum_ws`` None selects overwrite mode."""
-    dt, H = _lstm_dims("x_t", x_t, 2, W_h)
+    dt, H = _recurrent_dims("x_t", x_t, 2, W_h, 4)
     B, n_in = x_t.shape
     shapes = lstm_workspace_shapes(B, 1, n_in, H)
     reads = dict(x_t=x_t, h_prev=h_prev, c_prev=c_prev, gates=gates, tanh_c=tanh_c, dh=dh, dc=dc)
     writes = dict(dx_t=dx_t, dh_prev=dh_prev, dc_prev=dc_prev, dgates=dgates, accum_ws=accum_ws)
-    _check_lstm_arrays(shapes, dt, reads, writes, prefix="cell_", optional=("dx_t", "accum_ws"))
+    _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_", optional=("dx_t", "accum_ws"))
     weights = dict(W_x=W_x, W_h=W_h)
     grads = dict(dW_x=dW_x, dW_h=dW_h, db=db)
-    _check_lstm_arrays(shapes, dt, weights, grads)
-    _check_lstm_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
+    _check_recurrent_arrays(shapes, dt, weights, grads)
+    _check_recurrent_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
     raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
                        db, dgates, accum_ws)
 
@@ -527,42 +531,6 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
 # -- GRU ------------------------------------------------------------------------
 
 gru_workspace_shapes = _gru.gru_workspace_shapes
-
-
-def _check_kernel_arrays(shapes, dtype, read, written, prefix="", optional=(), alias=(), shapes_done=False):
-    """Check the named arrays of a recurrent kernel against ``shapes``
-    (:func:`gru_workspace_shapes`) and that no written array overlaps another
-    argument, except the ``alias`` pairs when they are the same array.
-    ``optional`` names may be None; ``shapes_done`` skips to the overlaps."""
-    for names, writable in ((read, False), (written, True)):
-        for name, a in names.items():
-            if shapes_done or (a is None and name in optional):
-                continue
-            check_array(name, a, dtype=dtype, shape=shapes.get(prefix + name, shapes.get(name)), writable=writable)
-    allowed = {frozenset(p) for p in alias}
-    items = [(n, a) for n, a in list(written.items()) + list(read.items()) if a is not None]
-    for i, (na, a) in enumerate(items):
-        if na not in written:
-            continue
-        for nb, b in items[i + 1:]:
-            if a is b and frozenset((na, nb)) in allowed:
-                continue
-            if np.shares_memory(a, b):
-                raise ValueError(f"{na} and {nb} must not overlap in memory")
-
-
-def _gru_dims(x, W_h, x_ndim):
-    """Hidden size H from the input and ``W_h`` (H, 3H)."""
-    check_array("x" if x_ndim == 3 else "x_t", x, ndim=x_ndim)
-    check_array("W_h", W_h, dtype=x.dtype, ndim=2)
-    H = W_h.shape[0]
-    if W_h.shape[1] != 3 * H:
-        raise ValueError(f"W_h must have shape (H, 3H), got {W_h.shape}")
-    return H
-
-
-def _check_parts(parts):
-    return check_int("parts", parts, 1)
 
 
 def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts=1):
@@ -574,13 +542,14 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, p
     C-contiguous.  ``h0 is h_T`` is allowed.  With ``parts > 1`` limit BLAS
     to one thread around the call.  Returns ``(h_seq, h_T)``.
     """
-    H = _gru_dims(x, W_h, 3)
+    dt, H = _recurrent_dims("x", x, 3, W_h, 3)
     B, T, n_in = x.shape
-    parts = _check_parts(parts)
-    s = gru_workspace_shapes(B, T, n_in, H)
-    _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h, h0=h0),
-                         dict(h_seq=h_seq, h_T=h_T, gates=gates, states=states, step_ws=step_ws),
-                         alias=[("h0", "h_T")])
+    parts = check_int("parts", parts, 1)
+    shapes = gru_workspace_shapes(B, T, n_in, H)
+    reads = dict(x=x, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h, h0=h0)
+    writes = dict(h_seq=h_seq, h_T=h_T, gates=gates, states=states, step_ws=step_ws)
+    _check_recurrent_arrays(shapes, dt, reads, writes)
+    _check_recurrent_overlaps(reads, writes, aliases={("h_T", "h0")})
     raw.gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts)
     return h_seq, h_T
 
@@ -595,31 +564,20 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
     (parts - 1, (n_in + H) * 3H).  ``dh_T is dh0`` is allowed.
     Returns ``(dx, dW_x, dW_h, db_x, db_h, dh0)``.
     """
-    H = _gru_dims(x, W_h, 3)
+    dt, H = _recurrent_dims("x", x, 3, W_h, 3)
     B, T, n_in = x.shape
-    parts = _check_parts(parts)
-    s = gru_workspace_shapes(B, T, n_in, H, parts)
-    written = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h, dh0=dh0, dgates=dgates,
-                   dgates_h=dgates_h, step_ws=step_ws, dh_ws=dh_ws)
-    _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
-                                          states=states),
-                         written, optional=["dx"], alias=[("dh_T", "dh0")])
+    parts = check_int("parts", parts, 1)
+    shapes = gru_workspace_shapes(B, T, n_in, H, parts)
+    reads = dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates, states=states)
+    writes = dict(dx=dx, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h, dh0=dh0, dgates=dgates,
+                  dgates_h=dgates_h, step_ws=step_ws, dh_ws=dh_ws)
+    _check_recurrent_arrays(shapes, dt, reads, writes, optional=("dx",))
     if parts > 1 and B > 1:
-        # the raw kernel uses rows 0 .. active-2 of dw_ws (one per part holding rows, but the first)
-        active = -(-B // -(-B // parts))
-        width = s["dw_ws"][1]
-        if dw_ws is None:
-            raise ValueError(f"dw_ws is required when parts > 1 (shape ({parts - 1}, {width}))")
-        check_array("dw_ws", dw_ws, dtype=x.dtype, ndim=2, writable=True)
-        if dw_ws.shape[0] < active - 1 or dw_ws.shape[1] != width:
-            raise ValueError(f"dw_ws must have shape ({parts - 1}, {width}) (parts - 1, (n_in + H) * 3H), "
-                             f"got {dw_ws.shape}")
-        written["dw_ws"] = dw_ws
-        _check_kernel_arrays(s, x.dtype, dict(x=x, W_x=W_x, W_h=W_h, dh_seq=dh_seq, dh_T=dh_T, gates=gates,
-                                              states=states),
-                             written, optional=["dx", "dw_ws"], alias=[("dh_T", "dh0")], shapes_done=True)
+        _check_dw_ws(dw_ws, dt, B, parts, (n_in + H) * 3 * H, "(n_in + H) * 3H")
+        writes["dw_ws"] = dw_ws
+    _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T")})
     raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
-                     dgates, dgates_h, step_ws, dh_ws, parts, written.get("dw_ws"))
+                     dgates, dgates_h, step_ws, dh_ws, parts, writes.get("dw_ws"))
     return dx, dW_x, dW_h, db_x, db_h, dh0
 
 
@@ -630,12 +588,13 @@ def gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws):
     parameters as in :func:`gru_forward`.  ``h is h_prev`` is allowed.
     Returns ``h``.
     """
-    H = _gru_dims(x_t, W_h, 2)
+    dt, H = _recurrent_dims("x_t", x_t, 2, W_h, 3)
     B, n_in = x_t.shape
-    s = gru_workspace_shapes(B, 1, n_in, H)
-    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h),
-                         dict(h=h, gates=gates, hn=hn, step_ws=step_ws), prefix="cell_",
-                         alias=[("h", "h_prev")])
+    shapes = gru_workspace_shapes(B, 1, n_in, H)
+    reads = dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, b_x=b_x, b_h=b_h)
+    writes = dict(h=h, gates=gates, hn=hn, step_ws=step_ws)
+    _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_")
+    _check_recurrent_overlaps(reads, writes, aliases={("h", "h_prev")})
     raw.gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws)
     return h
 
@@ -650,13 +609,14 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     gradients, an array selects accumulation).  ``dh_prev is dh`` is allowed.
     Returns ``dh_prev``.
     """
-    H = _gru_dims(x_t, W_h, 2)
+    dt, H = _recurrent_dims("x_t", x_t, 2, W_h, 3)
     B, n_in = x_t.shape
-    s = gru_workspace_shapes(B, 1, n_in, H)
-    _check_kernel_arrays(s, x_t.dtype, dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, hn=hn, gates=gates, dh=dh),
-                         dict(dx_t=dx_t, dh_prev=dh_prev, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h,
-                              dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws),
-                         prefix="cell_", optional=("dx_t", "accum_ws"), alias=[("dh_prev", "dh")])
+    shapes = gru_workspace_shapes(B, 1, n_in, H)
+    reads = dict(x_t=x_t, h_prev=h_prev, W_x=W_x, W_h=W_h, hn=hn, gates=gates, dh=dh)
+    writes = dict(dx_t=dx_t, dh_prev=dh_prev, dW_x=dW_x, dW_h=dW_h, db_x=db_x, db_h=db_h,
+                  dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws)
+    _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_", optional=("dx_t", "accum_ws"))
+    _check_recurrent_overlaps(reads, writes, aliases={("dh_prev", "dh")})
     raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
                           dgates, dgates_h, dh_ws, accum_ws)
     return dh_prev
