@@ -6,6 +6,9 @@ you have already checked the arguments: they assume C-contiguous arrays of
 one float dtype with the shapes given in each docstring, and out-of-shape
 arguments make them read or write outside the buffers.  The checked versions
 with the same names live in :mod:`jitprop.kernels`.
+
+Each parallel kernel has a serial twin, ``<name>_serial``: what the kernel
+runs below ``PAR_MIN`` elements, bitwise, with no parallel loop to compile.
 """
 
 from ._core import (  # noqa: F401
