@@ -151,6 +151,19 @@ _SCRIPT = textwrap.dedent("""
     labels = np.arange(8) % 8
     g, row = np.empty_like(z), np.empty(8, np.float32)
     v = K.softmax_cross_entropy_serial(z, labels, g, row)
+    # a parallel kernel whose prange comes from an inlined body helper, past
+    # PAR_MIN so its parallel loop runs (reloaded from the cache in a new process)
+    big = np.linspace(-1, 1, 3 * 32768).astype(np.float32)
+    out = np.empty_like(big)
+    K.relu_forward(big, out)
+    assert np.array_equal(out, np.maximum(big, 0)), "relu_forward"
+    dy = big.reshape(-1, 192)
+    db = np.empty(192, np.float32)
+    K.bias_grad(dy, db)
+    ref = np.zeros(192, np.float32)
+    for r in dy:
+        ref += r  # rows added in order, as the kernel does
+    assert np.array_equal(db, ref), "bias_grad"
     d = K.softmax_cross_entropy_serial
     print("RESULT %r %r hits=%d misses=%d" % (v, float(g.sum()), sum(d.stats.cache_hits.values()),
                                               sum(d.stats.cache_misses.values())))

@@ -7,6 +7,9 @@ one float dtype with the shapes given in each docstring, and out-of-shape
 arguments make them read or write outside the buffers.  The checked versions
 with the same names live in :mod:`jitprop.kernels`.  ``lstm_workspace_shapes``
 (plain Python) gives the shapes the LSTM kernels expect.
+
+Each parallel kernel has a serial twin, ``<name>_serial``: what the kernel
+runs below ``PAR_MIN`` elements, bitwise, with no parallel loop to compile.
 """
 
 from ._core import (  # noqa: F401
