@@ -7,10 +7,14 @@ float32 ``train_step`` of a small classifier (Dense-Sigmoid-Dense-Tanh-Dense-
 ReLU-Dense, softmax cross-entropy, SGD with momentum and gradient clipping)
 and one of a small regressor (Dense-Tanh-Dense, MSE).
 
-* ``timeraw_cold_compile``: ``NUMBA_CACHE_DIR`` points at a new empty
+(Both cache variables are set: ``JITPROP_CACHE_DIR`` is where jitprop keeps
+its kernels since it stopped caching inside the package, ``NUMBA_CACHE_DIR``
+where older commits kept them.)
+
+* ``timeraw_cold_compile``: the cache points at a new empty
   temporary directory, so every kernel is compiled from scratch (the cost of
   the very first run after installing or changing jitprop).
-* ``timeraw_cached_load``: ``NUMBA_CACHE_DIR`` points at a directory warmed by
+* ``timeraw_cached_load``: the cache points at a directory warmed by
   another process in ``setup``, so every kernel is loaded from Numba's on-disk
   cache (the cost of every later start).
 * ``timeraw_import``: ``import jitprop`` alone, the baseline of both.
@@ -52,7 +56,7 @@ def _indent(code, n=4):
 _COLD = f"""
 import os, shutil, tempfile
 _d = tempfile.mkdtemp(prefix="jitprop-asv-cold-")
-os.environ["NUMBA_CACHE_DIR"] = _d
+os.environ.update(NUMBA_CACHE_DIR=_d, JITPROP_CACHE_DIR=_d)
 try:
 {_indent(_STEP)}
 finally:
@@ -80,7 +84,7 @@ class CachedLoad(_Raw):
 
     def setup(self):
         self.cache_dir = tempfile.mkdtemp(prefix="jitprop-asv-warm-")
-        env = dict(os.environ, NUMBA_CACHE_DIR=self.cache_dir)
+        env = dict(os.environ, NUMBA_CACHE_DIR=self.cache_dir, JITPROP_CACHE_DIR=self.cache_dir)
         subprocess.run([sys.executable, "-c", _STEP], env=env, check=True, timeout=self.timeout)
 
     def teardown(self):
@@ -89,7 +93,7 @@ class CachedLoad(_Raw):
     def timeraw_cached_load(self):
         return f"""
 import os
-os.environ["NUMBA_CACHE_DIR"] = {self.cache_dir!r}
+os.environ.update(NUMBA_CACHE_DIR={self.cache_dir!r}, JITPROP_CACHE_DIR={self.cache_dir!r})
 {_STEP}
 """
 
