@@ -6,11 +6,14 @@ import pytest
 from _helpers import load_example as load
 
 
-def test_digits_mlp_reaches_97_percent(capsys):
+def test_digits_mlp_reaches_about_97_percent(capsys):
     pytest.importorskip("sklearn")
     acc = load("digits_mlp").main(["--no-progress"])
     out = capsys.readouterr().out
-    assert acc >= 0.97
+    # seed 0 gave 0.9756 with OpenBLAS's Haswell and SkylakeX kernels at 1 and
+    # 2 threads, but the float32 trajectory is chaotic: seeds 0-9 gave 0.962 to
+    # 0.984, so a bound that holds whatever the rounding sits below that range
+    assert acc >= 0.95
     assert "test accuracy" in out and "samples/s" in out
 
 
