@@ -294,7 +294,7 @@ class Trainer:
     # -- data checks ----------------------------------------------------------------
     def _prepare(self, X, y, name="X"):
         X = np.asarray(X)
-        if X.ndim < 2:
+        if X.ndim < (1 if self.model.layers[0].integer_input else 2):
             raise ValueError(f"{name} must have shape (n_samples, ...features), got {X.shape}")
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty (0 samples)")

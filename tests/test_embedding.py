@@ -193,3 +193,27 @@ def test_integer_input_through_fit_predict_evaluate_and_checkpoint(rng, tmp_path
         model.forward(X.astype(np.float32))
     with pytest.raises(ValueError, match=r"\[0, 6\)"):
         model.predict(X + 1)
+
+
+def test_fit_takes_one_index_per_sample(rng):
+    """(n,) indices through fit: one full-batch SGD step equals the same step
+    taken by hand with forward, backward and SGD."""
+    V, n = 7, 20
+    X = rng.integers(0, V, n)
+    y = rng.integers(0, 3, n)
+
+    def build():
+        return jp.Sequential([jp.Embedding(V, 4, dtype=np.float64, seed=0), jp.Dense(4, 3, dtype=np.float64, seed=1)])
+
+    model = build()
+    tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.5))
+    hist = tr.fit(X, y, epochs=1, batch_size=n, shuffle=False, progress=False)
+
+    ref = build()
+    loss = jp.SoftmaxCrossEntropy()
+    value = loss.forward(ref.forward(X.astype(np.int64)), y.astype(np.int64))
+    ref.backward(loss.backward())
+    expected = ref.flat_params - 0.5 * ref.flat_grads
+    assert hist["loss"][0] == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(model.flat_params, expected, rtol=1e-12, atol=1e-15)
+    assert np.max(np.abs(model.flat_params - ref.flat_params)) > 1e-3   # the step moved the parameters
