@@ -61,7 +61,9 @@ def test_edited_source_is_recompiled_not_loaded_stale(tmp_path):
     probe_file = pkg / "_probe.py"
     template = "from numba import njit\n\n@njit(cache=True)\ndef answer():\n    return {}\n"
     probe_file.write_text(template.format(41))
-    env = clean_env(JITPROP_CACHE_DIR=str(tmp_path / "c"), PYTHONPATH=str(pkg.parent))
+    # no .pyc: Python's own bytecode cache is also keyed by mtime and size,
+    # and would hand Numba the old function before its cache is consulted
+    env = clean_env(JITPROP_CACHE_DIR=str(tmp_path / "c"), PYTHONPATH=str(pkg.parent), PYTHONDONTWRITEBYTECODE="1")
     probe = "import jitprop._probe as p; print(p.answer())"
     first = run([sys.executable, "-c", probe], env, tmp_path)
     assert first.returncode == 0, first.stderr
