@@ -27,7 +27,10 @@ class BufferBytes:
 
     def track_buffer_bytes(self, workload):
         t = self.trainer
-        return int(t.model.buffer_bytes() + t.optimizer.velocity.nbytes)
+        opt = t.optimizer
+        # every optimiser's state arrays (Adam has moments, not a velocity); commits before state_arrays had SGD only
+        state = opt.state_arrays().values() if hasattr(opt, "state_arrays") else [opt.velocity]
+        return int(t.model.buffer_bytes() + sum(a.nbytes for a in state))
 
 
 class EpochPeakMemory:
