@@ -3,7 +3,8 @@
 :class:`FusedMLP` describes a Sequential of Dense and activation layers to
 :func:`jitprop.kernels.raw.mlp_train_steps` (a table of layer sizes,
 activation codes and parameter offsets, plus one workspace vector) so that
-many SGD or Adam/AdamW steps run inside one compiled call.  It uses the
+many SGD or Adam/AdamW steps run inside one compiled call.  A Dropout after
+a dense unit draws, in the kernel, the masks its own forward would draw.  It uses the
 model's own flat parameter and gradient vectors and the optimizer's own state
 arrays, so the model, the optimizer and checkpoints see every update.
 """
@@ -16,7 +17,7 @@ import numpy as np
 
 from ._threads import batch_parts, single_thread_blas
 from .kernels import raw as K
-from .layers import Activation, Dense
+from .layers import Activation, Dense, Dropout
 from .losses import MSELoss, SoftmaxCrossEntropy
 from .optim import SGD, Adam, AdamW
 
@@ -118,15 +119,17 @@ class FusedMLP:
         if type(trainer.optimizer) not in (SGD, Adam, AdamW):
             return None  # an optimiser the compiled update does not know
         units = []  # [n_in, n_out, act, offW, offb]
+        dropouts = []  # (unit index, Dropout layer) of the dropout after that unit
         slices = {(li, name): sl for li, name, sl in model.param_slices}
-        prev_dense = False
         for li, layer in enumerate(model.layers):
+            open_unit = bool(units) and (not dropouts or dropouts[-1][0] != len(units) - 1)
             if type(layer) is Dense:
                 units.append([layer.n_in, layer.n_out, K.ACT_IDENTITY,
                               slices[(li, "W")].start, slices[(li, "b")].start])
-                prev_dense = True
-            elif isinstance(layer, Activation) and prev_dense and units[-1][2] == K.ACT_IDENTITY:
+            elif isinstance(layer, Activation) and open_unit and units[-1][2] == K.ACT_IDENTITY:
                 units[-1][2] = layer.code
+            elif type(layer) is Dropout and open_unit:
+                dropouts.append((len(units) - 1, layer))
             else:
                 return None
         if not units or units[0][0] != X.shape[1]:
@@ -137,9 +140,9 @@ class FusedMLP:
                 return None
         elif y.ndim != 1:
             return None
-        return cls(trainer, X, y, bs, np.array(units, dtype=np.int64), parts)
+        return cls(trainer, X, y, bs, np.array(units, dtype=np.int64), parts, dropouts)
 
-    def __init__(self, trainer, X, y, bs, table, parts=None):
+    def __init__(self, trainer, X, y, bs, table, parts=None, dropouts=()):
         self.trainer = trainer
         self.model = trainer.model
         self.opt = trainer.optimizer
@@ -175,6 +178,12 @@ class FusedMLP:
         self.row_off, off = off, off + rows
         self.xb_off, off = off, off + rows * X.shape[1]
         self.yb_off, off = off, off + rows * n_out
+        # dropout: its seed, its step (refreshed per run) and its output's offset
+        self.dropouts = list(dropouts)
+        self.drop = np.zeros((table.shape[0], 3), np.int64)
+        self.drop_p = np.zeros(table.shape[0], np.float64)
+        for unit, layer in self.dropouts:
+            self.drop[unit, 2], off = off, off + rows * int(table[unit, 1])
         self.stride = off
         self.ws = np.zeros(self.parts * off, dt)
         n_params = self.model.flat_params.size
@@ -234,10 +243,20 @@ class FusedMLP:
         if self.losses.size < step1 - step0:
             self.losses = np.zeros(max(step1 - step0, 2 * self.losses.size), np.float64)
         m, opt = self.model, self.opt
+        self._read_dropouts()
         with single_thread_blas(self.single_blas):
             done = self._run(order, step0, step1, check, m, opt)
         opt.steps += done
+        for unit, layer in self.dropouts:
+            if self.drop_p[unit] > 0.0:
+                layer.step += done  # one mask per applied step, as Dropout.forward counts
         return done
+
+    def _read_dropouts(self):
+        # what each Dropout would do now: training mode and p > 0 draw a mask
+        for unit, layer in self.dropouts:
+            self.drop_p[unit] = layer.p if layer.training else 0.0
+            self.drop[unit, 0], self.drop[unit, 1] = layer.seed, layer.step
 
     def _run(self, order, step0, step1, check, m, opt):
         return K.mlp_train_steps(*self._args(order, step0, step1, check))
@@ -258,4 +277,4 @@ class FusedMLP:
                 float(momentum), float(opt.weight_decay), bool(nesterov),
                 -1.0 if opt.clip_norm is None else float(opt.clip_norm), bool(check), self.losses,
                 kind, mom1, mom2, vmax, int(opt.steps), float(beta1), float(beta2), float(eps), bool(amsgrad),
-                bool(decoupled))
+                bool(decoupled), self.drop, self.drop_p)

@@ -373,7 +373,7 @@ class Trainer:
             order, so bitwise the same result, with far less Python overhead.
             Used unless ``callback``, ``track_gradients`` or
             ``on_nonfinite="skip"`` need per-step Python code (SGD, Adam and
-            AdamW; a model with Dropout runs layer by layer).  With
+            AdamW; Dense, activation and Dropout layers).  With
             ``"auto"``, a short run (at most 100,000 steps) whose batch is
             one part and whose fused kernel is not compiled or cached yet
             starts layer by layer while a background process compiles the

@@ -198,3 +198,97 @@ def test_serial_twin_gives_the_same_mask(n):
     raw.dropout_apply(x, a, 0.35, 17, 4)
     raw.dropout_apply_serial(x, b, 0.35, 17, 4)
     np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- the fused path
+def _fused_dropout_model(dtype, last_dropout=False):
+    # dropout after an activation, right after a Dense, one with p = 0 (the identity), and optionally last
+    layers = [jp.Dense(5, 12, dtype=dtype, seed=2), jp.ReLU(), jp.Dropout(0.3, seed=11),
+              jp.Dense(12, 9, dtype=dtype, seed=3), jp.Dropout(0.5, seed=12),
+              jp.Dense(9, 7, dtype=dtype, seed=4), jp.Tanh(), jp.Dropout(0.0, seed=13),
+              jp.Dense(7, 3, dtype=dtype, seed=5)]
+    if last_dropout:
+        layers.append(jp.Dropout(0.2, seed=14))
+    return jp.Sequential(layers)
+
+
+def _blobs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    return np.eye(3, 5)[y] * 2 + 0.5 * rng.standard_normal((n, 5)), y
+
+
+def _dropout_steps(model):
+    return [layer.step for layer in model.layers if isinstance(layer, jp.Dropout)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss_name,last_dropout", [("xent", False), ("mse", True)])
+@pytest.mark.parametrize("opt,opt_kw", [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.01))])
+def test_fused_path_with_dropout_is_bitwise_layer_by_layer(dtype, loss_name, last_dropout, opt, opt_kw):
+    from jitprop._fused import FusedMLP
+
+    X, y = _blobs(203)  # the last batch of 16 is short
+    if loss_name == "mse":
+        y = np.eye(3)[y]
+    results = []
+    for use_fused in (True, False):
+        model = _fused_dropout_model(dtype, last_dropout)
+        loss = jp.MSELoss() if loss_name == "mse" else jp.SoftmaxCrossEntropy()
+        tr = jp.Trainer(model, loss, getattr(jp, opt)(model, **opt_kw))
+        if use_fused:
+            assert FusedMLP.build(tr, *tr._prepare(X, y), 16) is not None  # the compiled path runs it
+        tr.fit(X, y, epochs=3, batch_size=16, seed=1, progress=False, use_fused=use_fused)
+        results.append((model.get_params(), tr.history["loss"], _dropout_steps(model)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+    # one mask per step for each dropout with p > 0; the p = 0 one is the identity and counts none
+    assert results[0][2] == results[1][2] == [39, 39, 0] + ([39] if last_dropout else [])
+
+
+def test_fused_dropout_masks_follow_the_batch_not_its_parts(restore_threads):
+    from jitprop._fused import FusedMLP
+
+    X, y = _blobs(203)
+
+    def run(parts, dtype, threads=None):
+        model = _fused_dropout_model(dtype)
+        tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.05, momentum=0.9))
+        plan = FusedMLP.build(tr, *tr._prepare(X, y), 64, parts=parts)
+        assert plan.parts == parts
+        if threads is not None:
+            numba.set_num_threads(threads)
+        for e in range(2):
+            order = np.random.default_rng(e).permutation(203).astype(np.int64)
+            assert plan.run(order, 0, 4, True) == 4
+        return model.get_params(), _dropout_steps(model)
+
+    # parts change only the order of the gradient additions (float64: rounding),
+    # never a mask: a mask that followed the parts would change the result by far more
+    p1, s1 = run(1, np.float64)
+    p3, s3 = run(3, np.float64)
+    assert s1 == s3 == [8, 8, 0]
+    np.testing.assert_allclose(p3, p1, rtol=1e-10, atol=1e-12)
+    a, _ = run(2, np.float32, threads=1)
+    b, _ = run(2, np.float32, threads=2)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fused_dropout_off_in_eval_mode_and_resumes_its_count():
+    X, y = _blobs(64)
+    model = _fused_dropout_model(np.float64)
+    tr = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.05))
+    tr.fit(X, y, epochs=1, batch_size=16, progress=False, use_fused=True)
+    assert _dropout_steps(model) == [4, 4, 0]
+    # a second fit continues the masks where the first stopped, as layer by layer
+    twin = _fused_dropout_model(np.float64)
+    t2 = jp.Trainer(twin, jp.SoftmaxCrossEntropy(), jp.SGD(twin, lr=0.05))
+    t2.fit(X, y, epochs=1, batch_size=16, progress=False, use_fused=False)
+    tr.fit(X, y, epochs=1, batch_size=16, progress=False, use_fused=True, seed=5)
+    t2.fit(X, y, epochs=1, batch_size=16, progress=False, use_fused=False, seed=5)
+    np.testing.assert_array_equal(model.get_params(), twin.get_params())
+    assert _dropout_steps(model) == _dropout_steps(twin) == [8, 8, 0]
+    # prediction draws no mask
+    first = model.predict(X).copy()
+    np.testing.assert_array_equal(model.predict(X), first)
+    assert _dropout_steps(model) == [8, 8, 0]

@@ -874,14 +874,17 @@ OPT_ADAM = 1
 
 @njit(**_jit)
 def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff, d0, d1, row_off,
-              xb_off, yb_off, yb_i, loss_kind):
+              xb_off, yb_off, yb_i, loss_kind, drop, drop_p, dstep):
     """Forward, loss and backward of rows ``r0 .. r1-1`` of the batch whose
     first sample is ``order[s]``, into the gradient vector ``g``.
 
     ``pw`` is this part's workspace (offsets as in :func:`mlp_train_steps`);
     the row losses are left in ``pw[row_off:row_off + r1 - r0]``.  The loss is
     scaled by the whole batch, ``m_total`` rows, so the gradients of the parts
-    add up to the gradient of the batch.  With one part holding the whole
+    add up to the gradient of the batch.  Layer ``l`` with ``drop_p[l] > 0``
+    applies dropout mask ``(drop[l, 0], drop[l, 1] + dstep)`` to its output
+    (into ``pw[drop[l, 2]:]``), indexed by the element's place in the whole
+    batch, so every part draws the mask the layer-by-layer path draws.  With one part holding the whole
     batch this is, element by element and in the same order, what the
     layer-by-layer Python path computes, so the results are bitwise equal.
     It calls no parallel function: a cached function that embeds another
@@ -906,6 +909,9 @@ def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff
         h = pw[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
         dense_act_forward_serial(h_prev, W, b, h, act)
         h_prev = h
+        if drop_p[l] > 0.0:
+            h_prev = pw[drop[l, 2]:drop[l, 2] + m * nout].reshape((m, nout))
+            _dropout_layer(h, h_prev, drop, drop_p, l, dstep, r0 * nout)
     gl = pw[d0:d0 + m * nlast].reshape((m, nlast))
     row = pw[row_off:row_off + m]
     dt = params.dtype.type
@@ -930,6 +936,8 @@ def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff
     for l in range(L - 1, -1, -1):
         nin, nout, act, oW, ob = table[l, 0], table[l, 1], table[l, 2], table[l, 3], table[l, 4]
         a = pw[hoff[l]:hoff[l] + m * nout].reshape((m, nout))
+        if drop_p[l] > 0.0:
+            _dropout_layer(dcur, dcur, drop, drop_p, l, dstep, r0 * nout)
         if act != ACT_IDENTITY:
             af = a.reshape(a.size)
             df = dcur.reshape(dcur.size)
@@ -941,12 +949,20 @@ def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff
             dense_backward_params_serial(xb, dcur, dW, db)
         else:
             pin = table[l - 1, 1]
-            x_in = pw[hoff[l - 1]:hoff[l - 1] + m * pin].reshape((m, pin))
+            o_in = drop[l - 1, 2] if drop_p[l - 1] > 0.0 else hoff[l - 1]  # what layer l read
+            x_in = pw[o_in:o_in + m * pin].reshape((m, pin))
             o = d0 if use0 else d1
             dprev = pw[o:o + m * nin].reshape((m, nin))
             dense_backward_serial(x_in, W, dcur, dprev, dW, db)
             dcur = dprev
             use0 = not use0
+
+
+@njit(**_inline)
+def _dropout_layer(x, out, drop, drop_p, l, dstep, first):
+    # layer l's mask of this step on a part whose first element is element `first` of the batch
+    key, th, sc = _dropout_consts(x, drop_p[l], drop[l, 0], drop[l, 1] + dstep)
+    _dropout_span(x.reshape(x.size), out.reshape(out.size), key, th, sc, first)
 
 
 @njit(**_inline)
@@ -1012,7 +1028,7 @@ def _clip_and_check(grads, value, check, clip_norm):
 def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, gx, velocity, ws,
                     stride, hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, lr, momentum,
                     weight_decay, nesterov, clip_norm, check, losses, opt_kind, exp_avg, exp_avg_sq,
-                    max_exp_avg_sq, adam_steps, beta1, beta2, eps, amsgrad, decoupled):
+                    max_exp_avg_sq, adam_steps, beta1, beta2, eps, amsgrad, decoupled, drop, drop_p):
     """Run SGD or Adam steps ``step0 .. step1-1`` of an epoch of an MLP in one call.
 
     Step ``k`` trains on rows ``order[k*bs : (k+1)*bs]`` of ``X`` (the last
@@ -1058,6 +1074,13 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
         (as there), ``adam_steps`` (steps taken before ``step0``), ``beta1``,
         ``beta2``, ``eps``, ``amsgrad``, ``decoupled``.  Both use ``lr`` and
         ``weight_decay``; the other optimiser's arrays may have size 0.
+    drop : ndarray (L, 3), int64
+        Per dense layer, for the dropout that follows it: its seed, its step
+        count before ``step0`` (step ``k`` uses mask ``drop[l, 1] + k - step0``,
+        see :func:`dropout_apply`) and the offset of its (rows, n_out) output
+        within a part's workspace.
+    drop_p : ndarray (L,), float64
+        The drop probability after each dense layer; 0 for none.
 
     Returns
     -------
@@ -1084,7 +1107,7 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
         if active == 1:
             # np.int64(0), not 0: a literal would compile a second _mlp_part
             _mlp_part(X, Y_f, Y_i, order, s, np.int64(0), m, m, table, params, grads, ws[0:stride],
-                      hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
+                      hoff, d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, drop, drop_p, k - step0)
         else:
             for p in prange(active):
                 r0 = p * rows
@@ -1092,10 +1115,10 @@ def mlp_train_steps(X, Y_f, Y_i, order, bs, step0, step1, table, params, grads, 
                 pw = ws[p * stride:(p + 1) * stride]
                 if p == 0:
                     _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m, table, params, grads, pw, hoff,
-                              d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
+                              d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, drop, drop_p, k - step0)
                 else:
                     _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m, table, params, gx[p - 1], pw, hoff,
-                              d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind)
+                              d0, d1, row_off, xb_off, yb_off, yb_i, loss_kind, drop, drop_p, k - step0)
         value = _batch_loss(ws, stride, row_off, m, rows, loss_kind, nlast)
         losses[k - step0] = value
         if active > 1 and (check or clip_norm >= 0.0):
@@ -1261,16 +1284,21 @@ def dropout_key(seed, step):
 
 
 @njit(**_jit)
-def _dropout_range(x, out, key, threshold, scale, start, stop):
-    # element i is kept iff the top 53 bits of mix64(key + (i + 1) * golden)
-    # are >= threshold: a function of (seed, step, i) alone
-    x, out = x[start:stop], out[start:stop]
+def _dropout_span(x, out, key, threshold, scale, first):
+    # element i (flat index first + i) is kept iff the top 53 bits of
+    # mix64(key + (first + i + 1) * golden) are >= threshold: a function of
+    # (seed, step, index) alone
     golden = np.uint64(0x9E3779B97F4A7C15)
     zero = x.dtype.type(0)
-    base = key + np.uint64(start) * golden
-    for i in range(stop - start):
+    base = key + np.uint64(first) * golden
+    for i in range(x.size):
         h = _mix64(base + np.uint64(i + 1) * golden) >> np.uint64(11)
         out[i] = x[i] * scale if h >= threshold else zero
+
+
+@njit(**_jit)
+def _dropout_range(x, out, key, threshold, scale, start, stop):
+    _dropout_span(x[start:stop], out[start:stop], key, threshold, scale, start)
 
 
 @njit(**_jit)
