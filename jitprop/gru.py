@@ -1,4 +1,4 @@
-"""The GRU layer, on the compiled sequence kernels of :mod:`jitprop.kernels._gru`."""
+"""The GRU layer, on the compiled sequence kernels of :mod:`jitprop.kernels._recurrent`."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Tests of the compiled GRU kernels (jitprop.kernels._gru and the checked
+"""Tests of the compiled GRU kernels (jitprop.kernels._recurrent and the checked
 entry points in jitprop.kernels)."""
 
 import json
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jitprop import kernels as KC
-from jitprop.kernels import _gru as G
+from jitprop.kernels import _recurrent as G
+from jitprop.kernels import _recurrent_shapes
 
 try:  # tests/ may or may not be a package
     from ._gru_reference import reference_backward, reference_forward
@@ -45,7 +46,7 @@ def make_problem(B, T, n_in, H, dtype, seed=0, scale=0.5):
 def alloc(B, T, n_in, H, dtype, parts=1):
     """Every output/cache/workspace, NaN-filled so that relying on initial
     contents or leaving an output unwritten shows up."""
-    return {k: np.full(s, np.nan, dtype) for k, s in G.gru_workspace_shapes(B, T, n_in, H, parts).items()}
+    return {k: np.full(s, np.nan, dtype) for k, s in _recurrent_shapes.gru_workspace_shapes(B, T, n_in, H, parts).items()}
 
 
 def run_forward(p, ws, fwd=None, parts=1):
@@ -333,7 +334,7 @@ def cell_run(p, accumulate_grads=True, checked=False):
     B, T, n_in = p["x"].shape
     H = p["W_h"].shape[0]
     dt = p["x"].dtype
-    s = G.gru_workspace_shapes(B, T, n_in, H)
+    s = _recurrent_shapes.gru_workspace_shapes(B, T, n_in, H)
     gates = np.full((T, B, 3 * H), np.nan, dt)
     hn = np.full((T, B, H), np.nan, dt)
     hs = np.zeros((T + 1, B, H), dt)     # hs[t] = h_{t-1}
@@ -468,11 +469,11 @@ def test_checked_entry_points_match_raw_and_name_bad_arguments():
 
 
 def test_workspace_shapes():
-    s = G.gru_workspace_shapes(2, 3, 4, 5, parts=3)
+    s = _recurrent_shapes.gru_workspace_shapes(2, 3, 4, 5, parts=3)
     assert s["gates"] == (2, 3, 15) and s["states"] == (2, 2, 3, 5)
     assert s["step_ws"] == (2, 15) and s["dgates_h"] == (2, 3, 15)
     assert s["dw_ws"] == (2, 9 * 15) and s["cell_accum_ws"] == (9, 15)
-    assert KC.gru_workspace_shapes is G.gru_workspace_shapes
+    assert KC.gru_workspace_shapes is _recurrent_shapes.gru_workspace_shapes
     assert all(isinstance(v, tuple) for v in s.values())
 
 
@@ -570,8 +571,8 @@ def test_scalar_helpers_accuracy(dtype):
 
 
 def test_float32_gate_loops_stay_float32_and_vectorise():
-    fb = numba.njit(error_model="numpy")(G._fwd_block.py_func)
-    bb = numba.njit(error_model="numpy")(G._bwd_block.py_func)
+    fb = numba.njit(error_model="numpy")(G._gru_fwd_block.py_func)
+    bb = numba.njit(error_model="numpy")(G._gru_bwd_block.py_func)
     H = 64
     g, ws, bx, bh, da, du, dc = (np.zeros(3 * H, np.float32) for _ in range(7))
     h, o1, o2, o3, hp, un, dh, dhw = (np.zeros(H, np.float32) for _ in range(8))

@@ -372,9 +372,9 @@ def test_no_compiled_function_calls_a_parallel_kernel():
     process, so this structure is kept on purpose."""
     from numba.core.registry import CPUDispatcher
 
-    from jitprop.kernels import _core, _lstm
+    from jitprop.kernels import _core, _embedding, _recurrent
 
-    for mod in (_core, _lstm):
+    for mod in (_core, _recurrent, _embedding):
         dispatchers = {k: v for k, v in vars(mod).items() if isinstance(v, CPUDispatcher)}
         parallel = {k for k, v in dispatchers.items() if v.targetoptions.get("parallel")}
         for name, disp in dispatchers.items():

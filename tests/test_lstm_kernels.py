@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jitprop.kernels as K
-from jitprop.kernels import _lstm
+from jitprop.kernels import _recurrent as R
 from jitprop.kernels import raw as L
 
 try:  # tests/ may or may not be a package
@@ -591,8 +591,8 @@ def test_kernels_do_not_allocate():
 def _eval_helpers(z, t, s):
     one = z.dtype.type(1)
     for i in range(z.size):
-        t[i] = _lstm._tanh(z[i])
-        s[i] = _lstm._sigmoid(z[i], one)
+        t[i] = R._tanh(z[i])
+        s[i] = R._sigmoid(z[i], one)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -642,8 +642,8 @@ def test_float32_kernels_stay_float32_and_vectorise(serial_kernels):
             if all(a.dtype == numba.float32 for a in sig
                    if isinstance(a, numba.types.Array)):
                 assert "fpext" not in ir, kern
-    fb = numba.njit(error_model="numpy")(_lstm._fwd_block.py_func)
-    bb = numba.njit(error_model="numpy")(_lstm._bwd_block.py_func)
+    fb = numba.njit(error_model="numpy")(R._lstm_fwd_block.py_func)
+    bb = numba.njit(error_model="numpy")(R._lstm_bwd_block.py_func)
     H = 64
     z, ws, b = (np.zeros(4 * H, np.float32) for _ in range(3))
     c, h, o1, o2, o3, o4 = (np.zeros(H, np.float32) for _ in range(6))

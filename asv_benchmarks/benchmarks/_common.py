@@ -81,14 +81,14 @@ def rng(*key):
 
 def lstm_kernels():
     """``(lstm_forward, lstm_backward, lstm_workspace_shapes)`` wherever they are
-    exposed (``jitprop.kernels.raw`` first, then ``jitprop.kernels._lstm``);
+    exposed (``jitprop.kernels.raw`` first, then ``jitprop.kernels._recurrent``);
     any missing piece is None."""
     from jitprop.kernels import raw
 
     mods = [raw]
     try:
-        from jitprop.kernels import _lstm
-        mods.append(_lstm)
+        from jitprop.kernels import _recurrent
+        mods.append(_recurrent)
     except ImportError:
         pass
 

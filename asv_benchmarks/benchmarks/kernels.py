@@ -282,7 +282,7 @@ def _lstm_arrays(dtype, shape):
     G = 4 * H
     if shapes_of is not None:
         shapes = shapes_of(B, T, n_in, H)
-    else:                                   # as documented in jitprop.kernels._lstm
+    else:                                   # as documented in jitprop.kernels._recurrent
         bh = (B, H)
         shapes = {"x": (B, T, n_in), "dx": (B, T, n_in), "W_x": (n_in, G), "dW_x": (n_in, G),
                   "W_h": (H, G), "dW_h": (H, G), "b": (G,), "db": (G,),

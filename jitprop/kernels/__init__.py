@@ -11,9 +11,9 @@ code, where these Python-level checks cannot run.
 import numpy as np
 
 from .._checks import check_array, check_dropout_p, check_float, check_int, check_labels, no_overlap
-from . import _gru, raw
+from . import raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
-from ._lstm_shapes import lstm_workspace_shapes
+from ._recurrent_shapes import gru_workspace_shapes, lstm_workspace_shapes
 
 __all__ = [
     "raw",
@@ -413,7 +413,7 @@ def clip_grad_norm_list(grads, max_norm):
 
 
 # --------------------------------------------------------------------------
-# LSTM kernels: the compiled ones are in _lstm.py, their shapes in _lstm_shapes.py
+# LSTM and GRU kernels: the compiled ones are in _recurrent.py, their shapes in _recurrent_shapes.py
 # --------------------------------------------------------------------------
 def _recurrent_dims(x_name, x, ndim, W_h, n_gates):
     """dtype and hidden size H from the input and ``W_h`` (H, n_gates*H)."""
@@ -529,9 +529,6 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
 
 
 # -- GRU ------------------------------------------------------------------------
-
-gru_workspace_shapes = _gru.gru_workspace_shapes
-
 
 def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts=1):
     """GRU forward over a whole sequence (see :func:`jitprop.kernels.raw.gru_forward`).

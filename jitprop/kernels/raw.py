@@ -60,18 +60,15 @@ from ._core import (  # noqa: F401
     tanh_backward,
     tanh_forward,
 )
-from ._lstm import (  # noqa: F401
+from ._recurrent import (  # noqa: F401
+    gru_backward,
+    gru_cell_backward,
+    gru_cell_forward,
+    gru_forward,
     lstm_backward,
     lstm_cell_backward,
     lstm_cell_forward,
     lstm_forward,
 )
-from ._lstm_shapes import lstm_workspace_shapes  # noqa: F401
-from ._gru import (  # noqa: F401
-    gru_backward,
-    gru_cell_backward,
-    gru_cell_forward,
-    gru_forward,
-    gru_workspace_shapes,
-)
+from ._recurrent_shapes import gru_workspace_shapes, lstm_workspace_shapes  # noqa: F401
 from ._embedding import embedding_backward, embedding_forward  # noqa: F401

@@ -1,8 +1,8 @@
-"""Shapes of the arrays the LSTM kernels read and write (plain Python: the
+"""Shapes of the arrays the LSTM and GRU kernels read and write (plain Python: the
 checked entry points in :mod:`jitprop.kernels` check against them, and
 callers of :mod:`jitprop.kernels.raw` allocate with them)."""
 
-__all__ = ["lstm_workspace_shapes"]
+__all__ = ["lstm_workspace_shapes", "gru_workspace_shapes"]
 
 
 def lstm_workspace_shapes(B, T, n_in, H):
@@ -51,4 +51,51 @@ def lstm_workspace_shapes(B, T, n_in, H):
     for name in ("h", "c", "tanh_c", "h_prev", "c_prev", "dh", "dc",
                  "dh_prev", "dc_prev"):
         shapes["cell_" + name] = bh
+    return shapes
+
+
+def gru_workspace_shapes(B, T, n_in, H, parts=1):
+    """Shapes of every array the GRU kernels read or write.
+
+    Parameters
+    ----------
+    B, T, n_in, H : int
+        Batch size, time steps, input features, hidden units.
+    parts : int, default 1
+        Batch parts of :func:`gru_backward` (sets ``dw_ws``).
+
+    Returns
+    -------
+    dict of str -> tuple of int
+        Sequence kernels: ``x, dx`` (B, T, n_in); ``W_x, dW_x`` (n_in, 3H);
+        ``W_h, dW_h`` (H, 3H); ``b_x, db_x, b_h, db_h`` (3H,); ``h0, h_T,
+        dh0, dh_T, dh_ws`` (B, H); ``h_seq, dh_seq`` (B, T, H); caches
+        ``gates`` (B, T, 3H) and ``states`` (2, B, T, H); workspaces
+        ``step_ws`` (B, 3H), ``dgates, dgates_h`` (B, T, 3H) and ``dw_ws``
+        (parts - 1, (n_in + H) * 3H).
+
+        Cell kernels, prefixed ``cell_``: ``x_t, dx_t`` (B, n_in); ``h,
+        h_prev, hn, dh, dh_prev, dh_ws`` (B, H); ``gates, step_ws, dgates,
+        dgates_h`` (B, 3H); ``accum_ws`` (n_in + H, 3H).
+    """
+    B, T, n_in, H, parts = int(B), int(T), int(n_in), int(H), int(parts)
+    G = 3 * H
+    bh = (B, H)
+    shapes = {
+        "x": (B, T, n_in), "dx": (B, T, n_in),
+        "W_x": (n_in, G), "dW_x": (n_in, G),
+        "W_h": (H, G), "dW_h": (H, G),
+        "b_x": (G,), "db_x": (G,), "b_h": (G,), "db_h": (G,),
+        "h0": bh, "h_T": bh, "dh0": bh, "dh_T": bh, "dh_ws": bh,
+        "h_seq": (B, T, H), "dh_seq": (B, T, H),
+        "gates": (B, T, G), "states": (2, B, T, H),
+        "step_ws": (B, G), "dgates": (B, T, G), "dgates_h": (B, T, G),
+        "dw_ws": (max(parts - 1, 0), (n_in + H) * G),
+        "cell_x_t": (B, n_in), "cell_dx_t": (B, n_in),
+        "cell_accum_ws": (n_in + H, G),
+    }
+    for name in ("h", "h_prev", "hn", "dh", "dh_prev", "dh_ws"):
+        shapes["cell_" + name] = bh
+    for name in ("gates", "step_ws", "dgates", "dgates_h"):
+        shapes["cell_" + name] = (B, G)
     return shapes

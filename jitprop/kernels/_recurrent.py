@@ -1,6 +1,7 @@
-"""Numba-compiled LSTM kernels: full-sequence forward / BPTT and a single cell.
+"""Numba-compiled recurrent kernels, LSTM and GRU: full-sequence forward /
+BPTT and a single cell of each.
 
-Math (gate order i, f, g, o exactly like PyTorch, so ``torch.nn.LSTM``
+LSTM (gate order i, f, g, o exactly like PyTorch, so ``torch.nn.LSTM``
 weights convert by transposing: ``W_x = weight_ih_l0.T``,
 ``W_h = weight_hh_l0.T``, ``b = bias_ih_l0 + bias_hh_l0``)::
 
@@ -38,11 +39,34 @@ Conventions shared by every kernel in this module
   bitwise identical for any number of Numba threads and either path.
 * float32 stays float32 throughout; the float32 sigmoid / tanh / exp are
   branch-free polynomial versions (a few ulp) so the gate loops vectorise.
-* Kernels overwrite their outputs (except :func:`lstm_cell_backward` in
+* Kernels overwrite their outputs (except the cell backward kernels in
   accumulate mode).  Optional outputs are skipped by passing ``None``.
 
-The module is deliberately self-contained (it imports no compiled function
-from other jitprop modules) so that Numba's on-disk cache stays valid.
+GRU (``torch.nn.GRU``'s gate order r, z, n, so its weights convert by
+transposing: ``W_x = weight_ih_l0.T``, ``W_h = weight_hh_l0.T``,
+``b_x = bias_ih_l0``, ``b_h = bias_hh_l0``)::
+
+    a = x_t @ W_x + b_x                    u = h_{t-1} @ W_h + b_h     (B, 3H)
+    r = sigmoid(a_r + u_r)                 z = sigmoid(a_z + u_z)
+    n = tanh(a_n + r * u_n)
+    h_t = (1 - z) * n + z * h_{t-1}
+
+The two biases stay separate because ``b_hn`` sits inside ``r * (...)``.
+Backward, with ``d = dL/dh_t`` (upstream plus recurrent)::
+
+    dn~ = d (1 - z) (1 - n^2)        dz~ = d (h_{t-1} - n) z (1 - z)
+    dr~ = dn~ u_n r (1 - r)
+    x side: da = [dr~, dz~, dn~]     h side: du = [dr~, dz~, dn~ r]
+    dL/dh_{t-1} = d z + du @ W_h.T
+    dW_x = x^T da, db_x = sum da, dW_h = h_prev^T du, db_h = sum du, dx = da @ W_x.T
+
+The GRU kernels keep the conventions above, with caches ``gates`` (B, T, 3H)
+and ``states`` (2, B, T, H); their shapes are listed by
+:func:`jitprop.kernels.gru_workspace_shapes`.
+
+Both cells live in this one module, which imports no compiled function from
+other jitprop modules: the helpers they share are written once, and Numba's
+on-disk cache (which cannot see changes in other files) stays valid.
 """
 
 import math
@@ -57,6 +81,10 @@ __all__ = [
     "lstm_backward",
     "lstm_cell_forward",
     "lstm_cell_backward",
+    "gru_forward",
+    "gru_backward",
+    "gru_cell_forward",
+    "gru_cell_backward",
 ]
 
 # Compilation options, the convention of both kernel modules: one dict per
@@ -240,8 +268,11 @@ def _add_row(src, dst, r):
         dst[r, j] += src[r, j]
 
 
+# ==========================================================================
+# LSTM
+# ==========================================================================
 # --------------------------------------------------------------------------
-# per-row gate arithmetic
+# LSTM: per-row gate arithmetic
 # --------------------------------------------------------------------------
 #
 # One (batch row, column block) of a time step.  The work is split into
@@ -251,7 +282,7 @@ def _add_row(src, dst, r):
 # would stay scalar.  All arguments are 1-D contiguous rows.
 
 @njit(**_jit)
-def _fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H,
+def _lstm_fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H,
                j0, j1):
     """Gate nonlinearities and state update for columns j0:j1 of one row.
 
@@ -312,14 +343,14 @@ def _fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H,
 # Inlined into its callers, so that Numba prunes the row views' atomic reference
 # counts, which bounce between the cores on 2 threads (docs/performance.md, finding 11).
 @njit(**_inline)
-def _bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
+def _lstm_bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
     """Gate gradients for columns j0:j1 of one row.
 
     gz (4H): activations [i,f,g,o]; c_prev, tanh_c (H): forward caches.
     dh (H): in recurrent dL/dh_t (dh_in (H), if not None, is added to it; the
     sum is left in dh).  dc (H): in dL/dc_t from later steps, out dL/dc_{t-1}.
     dz (4H): out pre-activation gate gradients; dz_copy (4H) gets a copy
-    (None to skip).  Loops run over views from index 0 (see :func:`_fwd_block`).
+    (None to skip).  Loops run over views from index 0 (see :func:`_lstm_fwd_block`).
     """
     one = gz.dtype.type(1)
     n = j1 - j0
@@ -362,7 +393,7 @@ def _bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
 
 
 # --------------------------------------------------------------------------
-# a part of the batch: rows r0:r1 through the whole sequence
+# LSTM: a part of the batch: rows r0:r1 through the whole sequence
 # --------------------------------------------------------------------------
 #
 # Batch rows are independent through the recurrence, and the batch-major
@@ -374,7 +405,7 @@ def _bwd_block(gz, c_prev, tanh_c, dh_in, dh, dc, dz, dz_copy, H, j0, j1):
 # as in the one-part path.
 
 @njit(**_jit)
-def _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, r0, r1):
+def _lstm_fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, r0, r1):
     """All of :func:`lstm_forward` for batch rows r0:r1 (serial)."""
     T, n_in = x.shape[1], x.shape[2]
     H = W_h.shape[0]
@@ -393,13 +424,13 @@ def _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, r
             for kb in range(nblk):
                 j0 = kb * _BLOCK
                 j1 = min(j0 + _BLOCK, H)
-                _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
+                _lstm_fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
                            states[0, r, t], states[2, r, t], states[1, r, t],
                            h_seq[r, t], H, j0, j1)
 
 
 @njit(**_jit)
-def _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, r0, r1):
+def _lstm_bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, r0, r1):
     """The recurrence of :func:`lstm_backward` for batch rows r0:r1 (serial):
     leaves the gate gradients in ``dgates[r0:r1]``.  ``WhT`` is ``W_h.T`` as
     a C-contiguous (4H, H) array."""
@@ -413,14 +444,14 @@ def _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws,
             for kb in range(nblk):
                 j0 = kb * _BLOCK
                 j1 = min(j0 + _BLOCK, H)
-                _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
+                _lstm_bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
                            dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
                            step_ws[r], H, j0, j1)
         np.dot(step_ws[r0:r1], WhT, dh0[r0:r1])
 
 
 @njit(**_jit)
-def _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1):
+def _lstm_bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1):
     """Rows r0:r1's ``dx`` and their share of the weight gradients (serial)."""
     T, n_in = x.shape[1], x.shape[2]
     H = states.shape[3]
@@ -472,7 +503,7 @@ def _part_rows(B, parts):
 
 
 # --------------------------------------------------------------------------
-# full-sequence kernels
+# LSTM: full-sequence kernels
 # --------------------------------------------------------------------------
 
 @njit(**_pjit)
@@ -529,11 +560,11 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
         rows, active = _part_rows(B, parts)
         for p in prange(active):
             r0 = p * rows
-            _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws,
+            _lstm_fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws,
                       r0, min(B, r0 + rows))
         return
     if B * H < _PAR_STEP_MIN:
-        _fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, 0, B)
+        _lstm_fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, 0, B)
         return
 
     # Large steps: the same work, each step's gate arithmetic in a prange.
@@ -550,7 +581,7 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
             r = task // nblk
             j0 = (task % nblk) * _BLOCK
             j1 = min(j0 + _BLOCK, H)
-            _fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
+            _lstm_fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
                        states[0, r, t], states[2, r, t], states[1, r, t],
                        h_seq[r, t], H, j0, j1)
 
@@ -627,16 +658,16 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
         _transpose_into(W_h, WhT)
         for p in prange(active):
             r0 = p * rows
-            _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws,
+            _lstm_bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws,
                       r0, min(B, r0 + rows))
         # every part is past its recurrence: dW_h may now be overwritten
         for p in prange(active):
             r0 = p * rows
             r1 = min(B, r0 + rows)
             if p == 0:
-                _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1)
+                _lstm_bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1)
             else:
-                _bwd_rows_weights(x, W_x, states, dgates, dx,
+                _lstm_bwd_rows_weights(x, W_x, states, dgates, dx,
                                   dw_ws[p - 1, :nxg].reshape((n_in, G)),
                                   dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
         # add the parts' shares in part order, in parallel over chunks
@@ -649,7 +680,7 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
     else:
         _transpose_into(W_h, WhT)
         if B * H < _PAR_STEP_MIN:
-            _bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, 0, B)
+            _lstm_bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws, 0, B)
         else:
             # large steps: the same work, each step's gate arithmetic in a prange
             _copy_rows(dh_T, dh0)
@@ -660,18 +691,18 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
                     r = task // nblk
                     j0 = (task % nblk) * _BLOCK
                     j1 = min(j0 + _BLOCK, H)
-                    _bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
+                    _lstm_bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
                                dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
                                step_ws[r], H, j0, j1)
                 np.dot(step_ws, WhT, dh0)        # dL/dh_{t-1}, recurrent part
-        _bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, 0, B)
+        _lstm_bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, 0, B)
     dg = dgates.reshape(B * T, G)
     for k in prange(_block_count(G)):
         _column_sums_block(dg, db, False, k)
 
 
 # --------------------------------------------------------------------------
-# single-step kernels
+# LSTM: single-step kernels
 # --------------------------------------------------------------------------
 
 @njit(**_pjit)
@@ -719,7 +750,7 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
             j1 = min(j0 + _BLOCK, H)
             for j in range(j0, j1):
                 c[r, j] = c_prev[r, j]
-            _fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
+            _lstm_fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
                        tanh_c[r], None, H, j0, j1)
     else:
         for task in range(B * nblk):
@@ -728,7 +759,7 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
             j1 = min(j0 + _BLOCK, H)
             for j in range(j0, j1):
                 c[r, j] = c_prev[r, j]
-            _fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
+            _lstm_fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
                        tanh_c[r], None, H, j0, j1)
 
 
@@ -789,7 +820,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
             j1 = min(j0 + _BLOCK, H)
             for j in range(j0, j1):
                 dc_prev[r, j] = dc[r, j]
-            _bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
+            _lstm_bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
                        dgates[r], None, H, j0, j1)
     else:
         for task in range(B * nblk):
@@ -798,7 +829,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
             j1 = min(j0 + _BLOCK, H)
             for j in range(j0, j1):
                 dc_prev[r, j] = dc[r, j]
-            _bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
+            _lstm_bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
                        dgates[r], None, H, j0, j1)
 
     np.dot(dgates, W_h.T, dh_prev)
@@ -820,3 +851,483 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
             _add_row(ws_h, dW_h, r)
         for k in prange(_block_count(dgates.shape[1])):
             _column_sums_block(dgates, db, True, k)
+
+
+# ==========================================================================
+# GRU
+# ==========================================================================
+# --------------------------------------------------------------------------
+# GRU: per-row gate arithmetic
+# --------------------------------------------------------------------------
+#
+# One (batch row, column block) of a time step, in short loops over few
+# arrays each (LLVM vectorises a loop only while its runtime alias checks
+# stay few), over views that start at the block so indices run from 0 (a
+# runtime start index kept the LSTM's loops from vectorising).
+
+@njit(**_jit)
+def _gru_fwd_block(g, ws, b_x, b_h, h, h_prev_out, hn_out, h_out, H, j0, j1):
+    """Gates and state update for columns j0:j1 of one row.
+
+    g (3H): in x@W_x, out activations [r, z, n].  ws (3H): h_{t-1}@W_h.
+    b_x, b_h (3H): biases.  h (H): in h_{t-1}, out h_t.  hn_out (H) gets
+    u_n = (h_{t-1}@W_h)_n + b_hn.  Optional (None to skip): h_prev_out gets
+    h_{t-1}, h_out gets h_t.
+    """
+    one = g.dtype.type(1)
+    n = j1 - j0
+    gr = g[j0:j1]
+    gz = g[H + j0:H + j1]
+    gn = g[2 * H + j0:2 * H + j1]
+    wr = ws[j0:j1]
+    wz = ws[H + j0:H + j1]
+    wn = ws[2 * H + j0:2 * H + j1]
+    bxr = b_x[j0:j1]
+    bxz = b_x[H + j0:H + j1]
+    bxn = b_x[2 * H + j0:2 * H + j1]
+    bhr = b_h[j0:j1]
+    bhz = b_h[H + j0:H + j1]
+    bhn = b_h[2 * H + j0:2 * H + j1]
+    hh = h[j0:j1]
+    un = hn_out[j0:j1]
+    for k in range(n):
+        gr[k] = _sigmoid((gr[k] + bxr[k]) + (wr[k] + bhr[k]), one)
+    for k in range(n):
+        gz[k] = _sigmoid((gz[k] + bxz[k]) + (wz[k] + bhz[k]), one)
+    for k in range(n):
+        un[k] = wn[k] + bhn[k]
+    for k in range(n):
+        gn[k] = _tanh((gn[k] + bxn[k]) + gr[k] * un[k])
+    if h_prev_out is not None:
+        hpo = h_prev_out[j0:j1]
+        for k in range(n):
+            hpo[k] = hh[k]
+    for k in range(n):
+        hh[k] = (one - gz[k]) * gn[k] + gz[k] * hh[k]
+    if h_out is not None:
+        ho = h_out[j0:j1]
+        for k in range(n):
+            ho[k] = hh[k]
+
+
+# Inlined into its callers so that Numba prunes the row views' reference
+# counts (see _lstm_bwd_block: atomic counts bounced between cores).
+@njit(**_inline)
+def _gru_bwd_block(g, h_prev, un, dh_in, dh, dhw, da, du, du_copy, H, j0, j1):
+    """Gate gradients for columns j0:j1 of one row.
+
+    g (3H): activations [r, z, n]; h_prev, un (H): forward caches.
+    dh (H): in the direct part of dL/dh_t carried from the later step (or
+    the whole of it); dh_in (H) and dhw (H, the later step's du@W_h.T) are
+    added to it when not None.  Out: dh gets ``dL/dh_t * z``, the direct
+    part of dL/dh_{t-1}.  da, du (3H): out x-side and h-side pre-activation
+    gradients; du_copy (3H) gets a copy of du (None to skip).
+    """
+    one = g.dtype.type(1)
+    n = j1 - j0
+    gr = g[j0:j1]
+    gz = g[H + j0:H + j1]
+    gn = g[2 * H + j0:2 * H + j1]
+    dar = da[j0:j1]
+    daz = da[H + j0:H + j1]
+    dan = da[2 * H + j0:2 * H + j1]
+    dur = du[j0:j1]
+    duz = du[H + j0:H + j1]
+    dun = du[2 * H + j0:2 * H + j1]
+    dhh = dh[j0:j1]
+    hp = h_prev[j0:j1]
+    u = un[j0:j1]
+    if dh_in is not None:
+        dhi = dh_in[j0:j1]
+        for k in range(n):
+            dhh[k] = dhi[k] + dhh[k]
+    if dhw is not None:
+        dw = dhw[j0:j1]
+        for k in range(n):
+            dhh[k] = dhh[k] + dw[k]
+    for k in range(n):
+        z = gz[k]
+        nn = gn[k]
+        d = dhh[k]
+        dan[k] = d * (one - z) * (one - nn * nn)
+        dzk = d * (hp[k] - nn) * z * (one - z)
+        daz[k] = dzk
+        duz[k] = dzk
+        dhh[k] = d * z
+    for k in range(n):
+        r = gr[k]
+        drk = dan[k] * u[k] * r * (one - r)
+        dar[k] = drk
+        dur[k] = drk
+        dun[k] = dan[k] * r
+    if du_copy is not None:
+        for q in range(3):
+            src = du[q * H + j0:q * H + j1]
+            dst = du_copy[q * H + j0:q * H + j1]
+            for k in range(n):
+                dst[k] = src[k]
+
+
+# --------------------------------------------------------------------------
+# GRU: a part of the batch: rows r0:r1 through the whole sequence
+# --------------------------------------------------------------------------
+
+@njit(**_jit)
+def _gru_fwd_rows(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, r0, r1):
+    """All of :func:`gru_forward` for batch rows r0:r1 (serial)."""
+    T, n_in = x.shape[1], x.shape[2]
+    H = W_h.shape[0]
+    G = 3 * H
+    nr = r1 - r0
+    np.dot(x[r0:r1].reshape((nr * T, n_in)), W_x, gates[r0:r1].reshape((nr * T, G)))
+    hT = h_T[r0:r1]
+    ws = step_ws[r0:r1]
+    _copy_rows(h0[r0:r1], hT)
+    nblk = _block_count(H)
+    for t in range(T):
+        np.dot(hT, W_h, ws)
+        for r in range(r0, r1):
+            for kb in range(nblk):
+                j0 = kb * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _gru_fwd_block(gates[r, t], step_ws[r], b_x, b_h, h_T[r], states[0, r, t],
+                           states[1, r, t], h_seq[r, t], H, j0, j1)
+
+
+@njit(**_jit)
+def _zero_rows(a, r0, r1):
+    zero = a.dtype.type(0)
+    for r in range(r0, r1):
+        for j in range(a.shape[1]):
+            a[r, j] = zero
+
+
+@njit(**_jit)
+def _gru_bwd_rows(WhT, dh_seq, dh_T, gates, states, dh0, dh_ws, dgates, dgates_h, step_ws, r0, r1):
+    """The recurrence of :func:`gru_backward` for rows r0:r1 (serial): fills
+    ``dgates[r0:r1]``, ``dgates_h[r0:r1]`` and ``dh0[r0:r1]``.  ``WhT`` is
+    ``W_h.T`` as a C-contiguous (3H, H) array."""
+    T = gates.shape[1]
+    H = WhT.shape[1]
+    _copy_rows(dh_T[r0:r1], dh0[r0:r1])       # dh0: the direct part d * z
+    _zero_rows(dh_ws, r0, r1)                 # dh_ws: the part du @ W_h.T
+    nblk = _block_count(H)
+    for t in range(T - 1, -1, -1):
+        for r in range(r0, r1):
+            for kb in range(nblk):
+                j0 = kb * _BLOCK
+                j1 = min(j0 + _BLOCK, H)
+                _gru_bwd_block(gates[r, t], states[0, r, t], states[1, r, t], dh_seq[r, t], dh0[r],
+                           dh_ws[r], dgates[r, t], dgates_h[r, t], step_ws[r], H, j0, j1)
+        np.dot(step_ws[r0:r1], WhT, dh_ws[r0:r1])
+    for r in range(r0, r1):
+        _add_row(dh_ws, dh0, r)
+
+
+@njit(**_jit)
+def _gru_bwd_rows_weights(x, W_x, states, dgates, dgates_h, dx, dW_x, dW_h, r0, r1):
+    """Rows r0:r1's ``dx`` and their share of the weight gradients (serial)."""
+    T, n_in = x.shape[1], x.shape[2]
+    H = states.shape[3]
+    G = 3 * H
+    nr = r1 - r0
+    da = dgates[r0:r1].reshape((nr * T, G))
+    np.dot(x[r0:r1].reshape((nr * T, n_in)).T, da, dW_x)
+    np.dot(states[0, r0:r1].reshape((nr * T, H)).T, dgates_h[r0:r1].reshape((nr * T, G)), dW_h)
+    if dx is not None:
+        np.dot(da, W_x.T, dx[r0:r1].reshape((nr * T, n_in)))
+
+
+# --------------------------------------------------------------------------
+# GRU: full-sequence kernels
+# --------------------------------------------------------------------------
+
+@njit(**_pjit)
+def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts=1):
+    """GRU forward pass over a whole sequence.
+
+    Parameters
+    ----------
+    x : ndarray, (B, T, n_in)
+        Input sequence (batch-major).  Read.
+    W_x : ndarray, (n_in, 3H)
+        Input weights, gate order r, z, n.  Read.
+    W_h : ndarray, (H, 3H)
+        Recurrent weights.  Read.
+    b_x, b_h : ndarray, (3H,)
+        Input-side and hidden-side biases.  Read.
+    h0 : ndarray, (B, H)
+        Initial state.  Read before ``h_T`` is written (``h0 is h_T`` is
+        allowed, e.g. for a stateful carry).
+    h_seq : ndarray, (B, T, H)
+        Written: ``h_seq[:, t] = h_t``.
+    h_T : ndarray, (B, H)
+        Written: final state (also the running state).
+    gates : ndarray, (B, T, 3H)
+        Cache, written: activations ``[r, z, n]`` of every step.
+    states : ndarray, (2, B, T, H)
+        Cache, written: ``states[0, :, t] = h_{t-1}``,
+        ``states[1, :, t] = (h_{t-1} @ W_h)_n + b_hn``.
+    step_ws : ndarray, (B, 3H)
+        Workspace.
+    parts : int, default 1
+        Cut the batch into parts of ``ceil(B / parts)`` rows that run the
+        whole sequence at the same time (one ``prange``); limit BLAS to one
+        thread for the call.  Each cell sees the same arithmetic.
+
+    C-contiguous arrays of one dtype with the shapes of
+    :func:`gru_workspace_shapes` (not checked here: see
+    :func:`jitprop.kernels.gru_forward`).  Nothing is allocated.
+    """
+    B, T, n_in = x.shape
+    H = W_h.shape[0]
+    G = 3 * H
+    if parts > 1 and B > 1:
+        rows, active = _part_rows(B, parts)
+        for p in prange(active):
+            r0 = p * rows
+            _gru_fwd_rows(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, r0, min(B, r0 + rows))
+        return
+    if B * H < _PAR_STEP_MIN:
+        _gru_fwd_rows(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, 0, B)
+        return
+    # large steps: the same work, each step's gate arithmetic in a prange
+    np.dot(x.reshape(B * T, n_in), W_x, gates.reshape(B * T, G))
+    _copy_rows(h0, h_T)
+    nblk = _block_count(H)
+    for t in range(T):
+        np.dot(h_T, W_h, step_ws)
+        for task in prange(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            _gru_fwd_block(gates[r, t], step_ws[r], b_x, b_h, h_T[r], states[0, r, t], states[1, r, t],
+                       h_seq[r, t], H, j0, j1)
+
+
+@njit(**_pjit)
+def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
+                 dgates, dgates_h, step_ws, dh_ws, parts=1, dw_ws=None):
+    """Backpropagation through time for :func:`gru_forward`.
+
+    Parameters
+    ----------
+    x : ndarray, (B, T, n_in)
+        The forward input.  Read.
+    W_x : ndarray, (n_in, 3H)
+        Read (only when ``dx`` is requested).
+    W_h : ndarray, (H, 3H)
+        Read.
+    dh_seq : ndarray, (B, T, H)
+        Upstream gradient w.r.t. every ``h_seq[:, t]``.  Read.
+    dh_T : ndarray, (B, H)
+        Extra gradient w.r.t. ``h_T``.  Read before ``dh0`` is written
+        (``dh_T is dh0`` is allowed).
+    gates, states : caches written by :func:`gru_forward`.  Read.
+    dx : ndarray, (B, T, n_in) or None
+        Written: gradient w.r.t. ``x``; ``None`` skips its product.
+    dW_x, dW_h, db_x, db_h : ndarray
+        Written (overwritten): parameter gradients.
+    dh0 : ndarray, (B, H)
+        Written: gradient w.r.t. ``h0``.
+    dgates, dgates_h : ndarray, (B, T, 3H)
+        Workspaces, written: x-side and h-side pre-activation gradients.
+    step_ws : ndarray, (B, 3H)
+    dh_ws : ndarray, (B, H)
+        Workspaces.
+    parts : int, default 1
+        Batch parts as in :func:`gru_forward`; the parts' shares of the
+        weight gradients are added in part order (equal to ``parts=1`` to
+        rounding, independent of the thread count).
+    dw_ws : ndarray, (parts - 1, (n_in + H) * 3H), or None
+        Weight-gradient shares of parts 1, 2, ... (required when ``parts > 1``).
+
+    Shapes as in :func:`gru_workspace_shapes`, not checked here.  The caches
+    are not modified, so backward may be repeated.  Nothing is allocated.
+    """
+    B, T, n_in = x.shape
+    H = W_h.shape[0]
+    G = 3 * H
+    # the recurrent product runs on a C-contiguous copy of W_h.T (OpenBLAS is
+    # slower with a transposed operand); dW_h holds it until written at the end
+    WhT = dW_h.reshape(G, H)
+    if parts > 1 and B > 1:
+        if dw_ws is None:  # (a test of the argument itself lets Numba drop this path for None)
+            raise ValueError("gru_backward: parts > 1 needs dw_ws")
+        rows, active = _part_rows(B, parts)
+        nxg = n_in * G
+        _transpose_into(W_h, WhT)
+        for p in prange(active):
+            r0 = p * rows
+            _gru_bwd_rows(WhT, dh_seq, dh_T, gates, states, dh0, dh_ws, dgates, dgates_h, step_ws,
+                      r0, min(B, r0 + rows))
+        # every part is past its recurrence: dW_h may now be overwritten
+        for p in prange(active):
+            r0 = p * rows
+            r1 = min(B, r0 + rows)
+            if p == 0:
+                _gru_bwd_rows_weights(x, W_x, states, dgates, dgates_h, dx, dW_x, dW_h, r0, r1)
+            else:
+                _gru_bwd_rows_weights(x, W_x, states, dgates, dgates_h, dx,
+                                  dw_ws[p - 1, :nxg].reshape((n_in, G)),
+                                  dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
+        dWxf = dW_x.reshape(nxg)
+        for k in prange(_chunk_count(nxg)):
+            _add_shares(dWxf, dw_ws, active - 1, 0, k)
+        dWhf = dW_h.reshape(H * G)
+        for k in prange(_chunk_count(H * G)):
+            _add_shares(dWhf, dw_ws, active - 1, nxg, k)
+    else:
+        _transpose_into(W_h, WhT)
+        if B * H < _PAR_STEP_MIN:
+            _gru_bwd_rows(WhT, dh_seq, dh_T, gates, states, dh0, dh_ws, dgates, dgates_h, step_ws, 0, B)
+        else:
+            # large steps: the same work, each step's gate arithmetic in a prange
+            _copy_rows(dh_T, dh0)
+            _zero_rows(dh_ws, 0, B)
+            nblk = _block_count(H)
+            for t in range(T - 1, -1, -1):
+                for task in prange(B * nblk):
+                    r = task // nblk
+                    j0 = (task % nblk) * _BLOCK
+                    j1 = min(j0 + _BLOCK, H)
+                    _gru_bwd_block(gates[r, t], states[0, r, t], states[1, r, t], dh_seq[r, t], dh0[r],
+                               dh_ws[r], dgates[r, t], dgates_h[r, t], step_ws[r], H, j0, j1)
+                np.dot(step_ws, WhT, dh_ws)
+            for r in prange(B):
+                _add_row(dh_ws, dh0, r)
+        _gru_bwd_rows_weights(x, W_x, states, dgates, dgates_h, dx, dW_x, dW_h, 0, B)
+    da = dgates.reshape(B * T, G)
+    du = dgates_h.reshape(B * T, G)
+    for k in prange(_block_count(G)):
+        _column_sums_block(da, db_x, False, k)
+        _column_sums_block(du, db_h, False, k)
+
+
+# --------------------------------------------------------------------------
+# GRU: single-step kernels
+# --------------------------------------------------------------------------
+
+@njit(**_pjit)
+def gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws):
+    """One GRU time step.
+
+    Parameters
+    ----------
+    x_t : ndarray, (B, n_in)
+        Read.
+    h_prev : ndarray, (B, H)
+        Read (``h is h_prev`` is allowed, but keep a copy for
+        :func:`gru_cell_backward`).
+    W_x, W_h, b_x, b_h : parameters as in :func:`gru_forward`.  Read.
+    h : ndarray, (B, H)
+        Written: the new state.
+    gates : ndarray, (B, 3H)
+        Cache, written: activations ``[r, z, n]``.
+    hn : ndarray, (B, H)
+        Cache, written: ``(h_prev @ W_h)_n + b_hn``.
+    step_ws : ndarray, (B, 3H)
+        Workspace.
+
+    Stepping this over t = 0..T-1 reproduces :func:`gru_forward`.  Nothing
+    is allocated; shapes are not checked here.
+    """
+    B = x_t.shape[0]
+    H = W_h.shape[0]
+    np.dot(x_t, W_x, gates)
+    np.dot(h_prev, W_h, step_ws)
+    nblk = _block_count(H)
+    if B * H >= _PAR_STEP_MIN:
+        for task in prange(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                h[r, j] = h_prev[r, j]
+            _gru_fwd_block(gates[r], step_ws[r], b_x, b_h, h[r], None, hn[r], None, H, j0, j1)
+    else:
+        for task in range(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                h[r, j] = h_prev[r, j]
+            _gru_fwd_block(gates[r], step_ws[r], b_x, b_h, h[r], None, hn[r], None, H, j0, j1)
+
+
+@njit(**_pjit)
+def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
+                      dgates, dgates_h, dh_ws, accum_ws):
+    """Backward of one :func:`gru_cell_forward` step.
+
+    Parameters
+    ----------
+    x_t, h_prev : the step's inputs.  Read.
+    W_x, W_h : Read (``W_x`` only when ``dx_t`` is requested).
+    gates, hn : caches of the forward step.  Read.
+    dh : ndarray, (B, H)
+        Total gradient w.r.t. the step's output ``h`` (upstream plus the
+        ``dh_prev`` of the following step).  Read.
+    dx_t : ndarray, (B, n_in) or None
+        Written: gradient w.r.t. ``x_t``; ``None`` skips it.
+    dh_prev : ndarray, (B, H)
+        Written: gradient w.r.t. ``h_prev`` (``dh_prev is dh`` is allowed).
+    dW_x, dW_h, db_x, db_h :
+        Overwritten with this step's contribution when ``accum_ws`` is None,
+        otherwise the contribution is added to them.
+    dgates, dgates_h : ndarray, (B, 3H)
+        Written: x-side and h-side pre-activation gradients.
+    dh_ws : ndarray, (B, H)
+        Workspace.
+    accum_ws : ndarray, (n_in + H, 3H) or None
+        None: overwrite mode; an array: accumulate mode (scratch).
+
+    Over t = T-1..0 with accumulation this reproduces :func:`gru_backward`
+    (up to summation order).  Nothing is allocated; shapes are not checked.
+    """
+    B = x_t.shape[0]
+    n_in = x_t.shape[1]
+    H = W_h.shape[0]
+    nblk = _block_count(H)
+    if B * H >= _PAR_STEP_MIN:
+        for task in prange(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                dh_ws[r, j] = dh[r, j]
+            _gru_bwd_block(gates[r], h_prev[r], hn[r], None, dh_ws[r], None, dgates[r], dgates_h[r], None,
+                       H, j0, j1)
+    else:
+        for task in range(B * nblk):
+            r = task // nblk
+            j0 = (task % nblk) * _BLOCK
+            j1 = min(j0 + _BLOCK, H)
+            for j in range(j0, j1):
+                dh_ws[r, j] = dh[r, j]
+            _gru_bwd_block(gates[r], h_prev[r], hn[r], None, dh_ws[r], None, dgates[r], dgates_h[r], None,
+                       H, j0, j1)
+    # dh is fully consumed into dh_ws: dh_prev may be dh
+    np.dot(dgates_h, W_h.T, dh_prev)
+    for r in prange(B):
+        _add_row(dh_ws, dh_prev, r)
+    if dx_t is not None:
+        np.dot(dgates, W_x.T, dx_t)
+    if accum_ws is None:
+        np.dot(x_t.T, dgates, dW_x)
+        np.dot(h_prev.T, dgates_h, dW_h)
+        for k in prange(_block_count(dgates.shape[1])):
+            _column_sums_block(dgates, db_x, False, k)
+            _column_sums_block(dgates_h, db_h, False, k)
+    else:
+        ws_x = accum_ws[:n_in]
+        ws_h = accum_ws[n_in:]
+        np.dot(x_t.T, dgates, ws_x)
+        np.dot(h_prev.T, dgates_h, ws_h)
+        for r in prange(ws_x.shape[0]):
+            _add_row(ws_x, dW_x, r)
+        for r in prange(ws_h.shape[0]):
+            _add_row(ws_h, dW_h, r)
+        for k in prange(_block_count(dgates.shape[1])):
+            _column_sums_block(dgates, db_x, True, k)
+            _column_sums_block(dgates_h, db_h, True, k)
