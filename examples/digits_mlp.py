@@ -1,7 +1,8 @@
 """Train a 64-64-10 ReLU network on scikit-learn's handwritten digits.
 
-The data set (1,797 8x8 images) ships inside scikit-learn: no download.
-Prints the loss per epoch, test accuracy and training throughput.
+The data set (1,797 8x8 images) ships inside scikit-learn: no download
+(jitprop.datasets reads its file without importing scikit-learn).  Prints
+the loss per epoch, test accuracy and training throughput.
 
     python examples/digits_mlp.py [--epochs 40] [--batch-size 32] [--lr 0.05]
 """
@@ -9,19 +10,8 @@ Prints the loss per epoch, test accuracy and training throughput.
 import argparse
 import time
 
-import numpy as np
-
 import jitprop as jp
-
-
-def load_digits_split(seed=0, test_fraction=0.25):
-    """Digits scaled to [0, 1], split into train and test sets (stratified)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    return train_test_split(X, y.astype(np.int64), test_size=test_fraction, random_state=seed, stratify=y)
+from jitprop.datasets import digits_split
 
 
 def main(argv=None):
@@ -35,7 +25,7 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    Xtr, Xte, ytr, yte = load_digits_split(args.seed)
+    Xtr, Xte, ytr, yte = digits_split(args.seed)  # stratified 75/25
 
     def build():
         model = jp.Sequential([

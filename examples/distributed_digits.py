@@ -33,10 +33,8 @@ def _threads_per_rank_env():
 _threads_per_rank_env()
 
 import jitprop as jp  # noqa: E402
+from jitprop.datasets import digits_split  # noqa: E402
 from jitprop.distributed import DistributedTrainer  # noqa: E402
-
-
-from digits_mlp import load_digits_split  # noqa: E402  (examples/ is on sys.path when run)
 
 
 def main(argv=None):
@@ -50,7 +48,7 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    Xtr, Xte, ytr, yte = load_digits_split(args.seed)
+    Xtr, Xte, ytr, yte = digits_split(args.seed)
     model = jp.Sequential([
         jp.Dense(64, args.hidden, seed=args.seed), jp.ReLU(),
         jp.Dense(args.hidden, 10, seed=args.seed + 1),

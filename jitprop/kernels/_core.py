@@ -90,6 +90,8 @@ _jit = dict(cache=True, fastmath=FASTMATH, nogil=True)
 # the caller's own parallel loop, never a call into another parallel kernel)
 _inline = dict(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
 _pjit = dict(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+# a loop that divides vectorises only without Python's zero-divisor check
+_jit_npdiv = dict(_jit, error_model="numpy")
 
 
 # --------------------------------------------------------------------------
@@ -1170,7 +1172,18 @@ def adam_scalars(step, lr, beta1, beta2):
     return np.float64(lr) / bc1, bc2 ** 0.5
 
 
-@njit(**_jit)
+@njit(**dict(_inline, error_model="numpy"))
+def _adam_elem(pi, gi, mi, vi, step_size, bc2_sqrt, w1, w1m, small, beta2, omb2, eps):
+    # one element's moments and update, given its (decayed) parameter and gradient
+    if small:  # torch's lerp: start + w (end - start), else end - (end - start)(1 - w)
+        mi = mi + w1 * (gi - mi)
+    else:
+        mi = gi + w1m * (gi - mi)
+    vi = vi * beta2 + omb2 * gi * gi
+    return mi, vi
+
+
+@njit(**_jit_npdiv)
 def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, omb2, eps, wd, decay,
                 decoupled, amsgrad):
     # views from the block start: indices from 0 let the loops vectorise
@@ -1179,32 +1192,48 @@ def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, o
     one = p.dtype.type(1)
     half = p.dtype.type(0.5)
     zero = p.dtype.type(0)
-    small = w1 < half  # torch's lerp: start + w (end - start), else end - (end - start)(1 - w)
+    small = w1 < half
     w1m = w1 - one
     if amsgrad:
         vmax = vmax[start:stop]
-    for i in range(n):
-        pi = p[i]
-        gi = g[i]
-        if wd != zero:
-            if decoupled:
-                pi = pi * decay
-            else:
-                gi = gi + wd * pi
-        mi = m[i]
-        if small:
-            mi = mi + w1 * (gi - mi)
-        else:
-            mi = gi + w1m * (gi - mi)
-        m[i] = mi
-        vi = v[i] * beta2 + omb2 * gi * gi
-        v[i] = vi
-        if amsgrad:
+        for i in range(n):
+            pi = p[i]
+            gi = g[i]
+            if wd != zero:
+                if decoupled:
+                    pi = pi * decay
+                else:
+                    gi = gi + wd * pi
+            mi, vi = _adam_elem(pi, gi, m[i], v[i], step_size, bc2_sqrt, w1, w1m, small, beta2, omb2, eps)
+            m[i] = mi
+            v[i] = vi
             vm = vmax[i]
             if vm > vi or vm != vm:  # NaN from either side propagates, as torch.maximum
                 vi = vm
             vmax[i] = vi
-        p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+            p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+    # without amsgrad: one loop per case, so no branch stays inside a loop and each vectorises
+    elif wd == zero:
+        for i in range(n):
+            mi, vi = _adam_elem(p[i], g[i], m[i], v[i], step_size, bc2_sqrt, w1, w1m, small, beta2, omb2, eps)
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+    elif decoupled:
+        for i in range(n):
+            pi = p[i] * decay
+            mi, vi = _adam_elem(pi, g[i], m[i], v[i], step_size, bc2_sqrt, w1, w1m, small, beta2, omb2, eps)
+            m[i] = mi
+            v[i] = vi
+            p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+    else:
+        for i in range(n):
+            pi = p[i]
+            gi = g[i] + wd * pi
+            mi, vi = _adam_elem(pi, gi, m[i], v[i], step_size, bc2_sqrt, w1, w1m, small, beta2, omb2, eps)
+            m[i] = mi
+            v[i] = vi
+            p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
 
 
 @njit(**_jit)
