@@ -306,3 +306,44 @@ def test_fused_adam_matches_torch():
             topt.step()
     ref = np.concatenate([p.detach().numpy().ravel() for p in params])
     np.testing.assert_allclose(model.flat_params, ref, rtol=1e-12, atol=0)
+
+
+_CACHED_FUSED_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import jitprop as jp
+from test_fit_toolkit import ADAM_CASES, _mlp, blobs
+X, y = blobs(203)
+if sys.argv[2] == "fill":   # another process's fused SGD run fills the cache (mlp_train_steps and what it inlines)
+    m = _mlp(np.float32)
+    jp.Trainer(m, jp.SoftmaxCrossEntropy(), jp.SGD(m, lr=0.01)).fit(X, y, epochs=1, batch_size=16, progress=False,
+                                                                     use_fused=True)
+else:                       # then fused (loaded from that cache) against layer by layer, every Adam case
+    for opt, kw in ADAM_CASES:
+        out = []
+        for use_fused in (True, False):
+            m = _mlp(np.float32)
+            tr = jp.Trainer(m, jp.SoftmaxCrossEntropy(), getattr(jp, opt)(m, **kw))
+            tr.fit(X, y, epochs=2, batch_size=16, seed=1, progress=False, use_fused=use_fused)
+            out.append(m.get_params())
+        print(opt, kw, np.array_equal(out[0], out[1]))
+"""
+
+
+@pytest.mark.slow
+def test_fused_adam_from_another_processs_cache_equals_layer_by_layer(tmp_path):
+    # Adam's update is compiled into the fused kernel and on its own; LLVM may
+    # contract a*b + c*d into an FMA either way round, so the update is written
+    # with one contraction only: which process compiled which copy must not matter
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, JITPROP_CACHE_DIR=str(tmp_path), JITPROP_BACKGROUND_COMPILE="0")
+    for stage in ("fill", "compare"):
+        r = subprocess.run([sys.executable, "-c", _CACHED_FUSED_SCRIPT, tests, stage], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(ADAM_CASES) and all(line.endswith("True") for line in lines), r.stdout
