@@ -168,3 +168,21 @@ def check_dropout_p(p):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"p must lie in [0, 1), got {p}")
     return p
+
+
+def as_inputs(*arrays):
+    """A kernel's read-only arguments as Numba should type them: as given when
+    all are writable, else all as read-only views (``None`` stays ``None``).
+
+    Numba compiles one specialisation per combination of the arrays' write
+    flags; this keeps it to two per kernel and dtype (about 1-10 s of
+    compiling saved for each other combination a caller would hit)."""
+    if all(a is None or a.flags.writeable for a in arrays):
+        return arrays
+    return tuple(a if a is None or not a.flags.writeable else _read_only_view(a) for a in arrays)
+
+
+def _read_only_view(a):
+    view = a.view()
+    view.flags.writeable = False
+    return view

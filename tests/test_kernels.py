@@ -380,3 +380,23 @@ def test_no_compiled_function_calls_a_parallel_kernel():
         for name, disp in dispatchers.items():
             called = set(disp.py_func.__code__.co_names) & parallel
             assert not called, f"{mod.__name__}.{name} calls parallel kernel(s) {sorted(called)}"
+
+
+def test_read_only_inputs_compile_one_variant_whichever_they_are():
+    # Numba types a read-only array apart from a writable one; the checked entry
+    # points pass all inputs read-only when any is, so callers with read-only data
+    # (np.load(mmap_mode="r"), np.frombuffer) compile one more variant, not one per combination
+    rng = np.random.default_rng(0)
+    x, W, b = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal(3)
+    want = x @ W + b
+    out = np.empty((5, 3))
+    K.dense_forward(x, W, b, out)
+    before = set(R.dense_forward.signatures)
+    for read_only in (["x"], ["W"], ["b"], ["x", "W"], ["x", "W", "b"]):
+        args = {"x": x.copy(), "W": W.copy(), "b": b.copy()}
+        for name in read_only:
+            args[name].flags.writeable = False
+        out[...] = np.nan
+        K.dense_forward(args["x"], args["W"], args["b"], out)
+        np.testing.assert_allclose(out, want, rtol=1e-12)
+    assert len(set(R.dense_forward.signatures) - before) == 1

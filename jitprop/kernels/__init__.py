@@ -10,7 +10,7 @@ code, where these Python-level checks cannot run.
 
 import numpy as np
 
-from .._checks import check_array, check_dropout_p, check_float, check_int, check_labels, no_overlap
+from .._checks import as_inputs, check_array, check_dropout_p, check_float, check_int, check_labels, no_overlap
 from . import raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
 from ._recurrent_shapes import gru_workspace_shapes, lstm_workspace_shapes
@@ -95,6 +95,7 @@ def dense_forward(x, W, b, out):
     out
     """
     _check_dense_fwd(x, W, b, out)
+    x, W, b = as_inputs(x, W, b)
     raw.dense_forward(x, W, b, out)
     return out
 
@@ -103,6 +104,7 @@ def dense_act_forward(x, W, b, out, act):
     """Fused ``out = f(x @ W + b)`` with ``f`` chosen by ``act`` (an ``ACT_*`` code).
     Shapes as in :func:`dense_forward`."""
     _check_dense_fwd(x, W, b, out)
+    x, W, b = as_inputs(x, W, b)
     raw.dense_act_forward(x, W, b, out, _check_act(act))
     return out
 
@@ -141,6 +143,7 @@ def dense_backward(x, W, dy, dx, dW, db):
     check_array("W", W, dtype=x.dtype, shape=(n_in, n_out))
     check_array("dx", dx, dtype=x.dtype, shape=(n, n_in), writable=True)
     no_overlap(dx=dx, x=x, dy=dy, W=W, dW=dW, db=db)
+    x, W, dy = as_inputs(x, W, dy)
     raw.dense_backward(x, W, dy, dx, dW, db)
     return dx, dW, db
 
@@ -149,6 +152,7 @@ def dense_backward_params(x, dy, dW, db):
     """Dense backward without the input gradient (for a first layer):
     ``dW = x.T @ dy``, ``db = dy.sum(0)``.  Shapes as in :func:`dense_backward`."""
     _check_dense_bwd(x, dy, dW, db)
+    x, dy = as_inputs(x, dy)
     raw.dense_backward_params(x, dy, dW, db)
     return dW, db
 
@@ -174,6 +178,7 @@ def activation_backward(a, da, dz, act):
         raise ValueError("dz must be da itself or not overlap it")
     if np.shares_memory(dz, a) and dz is not a:
         raise ValueError("dz must not overlap a")
+    a, da = as_inputs(a, da)
     raw.activation_backward(a, da, dz, _check_act(act))
     return dz
 
@@ -229,6 +234,7 @@ def mse_loss(pred, target, grad, row_loss):
     check_array("grad", grad, dtype=pred.dtype, shape=pred.shape, writable=True)
     check_array("row_loss", row_loss, dtype=pred.dtype, shape=(pred.shape[0],), writable=True)
     no_overlap(grad=grad, pred=pred, target=target, row_loss=row_loss)
+    pred, target = as_inputs(pred, target)
     return raw.mse_loss(pred, target, grad, row_loss)
 
 
@@ -258,6 +264,7 @@ def softmax_cross_entropy(logits, labels, grad, row_loss):
     # overwritten by an earlier row would index outside grad
     no_overlap(labels=labels, grad=grad)
     no_overlap(labels=labels, row_loss=row_loss)
+    logits, labels = as_inputs(logits, labels)
     return raw.softmax_cross_entropy(logits, labels, grad, row_loss)
 
 
@@ -472,6 +479,7 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws
     writes = dict(h_seq=h_seq, h_T=h_T, c_T=c_T, gates=gates, states=states, step_ws=step_ws)
     _check_recurrent_arrays(shapes, dt, reads, writes)
     _check_recurrent_overlaps(reads, writes, aliases={("h_T", "h0"), ("c_T", "c0")})
+    x, W_x, W_h, b, h0, c0 = as_inputs(x, W_x, W_h, b, h0, c0)
     raw.lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, check_int("parts", parts, 1))
 
 
@@ -491,6 +499,7 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h
         _check_dw_ws(dw_ws, dt, B, parts, (n_in + H) * 4 * H, "n_in*4H + H*4H")
         writes["dw_ws"] = dw_ws
     _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T"), ("dc0", "dc_T")})
+    x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states = as_inputs(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states)
     raw.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db, dh0, dc0, dgates, step_ws,
                   parts, dw_ws)
 
@@ -506,6 +515,7 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, ste
     _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_")
     _check_recurrent_arrays(shapes, dt, dict(W_x=W_x, W_h=W_h, b=b), {})
     _check_recurrent_overlaps(dict(reads, W_x=W_x, W_h=W_h, b=b), writes, aliases={("h", "h_prev"), ("c", "c_prev")})
+    x_t, h_prev, c_prev, W_x, W_h, b = as_inputs(x_t, h_prev, c_prev, W_x, W_h, b)
     raw.lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws)
 
 
@@ -524,6 +534,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
     grads = dict(dW_x=dW_x, dW_h=dW_h, db=db)
     _check_recurrent_arrays(shapes, dt, weights, grads)
     _check_recurrent_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
+    x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc = as_inputs(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc)
     raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
                        db, dgates, accum_ws)
 
@@ -547,6 +558,7 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, p
     writes = dict(h_seq=h_seq, h_T=h_T, gates=gates, states=states, step_ws=step_ws)
     _check_recurrent_arrays(shapes, dt, reads, writes)
     _check_recurrent_overlaps(reads, writes, aliases={("h_T", "h0")})
+    x, W_x, W_h, b_x, b_h, h0 = as_inputs(x, W_x, W_h, b_x, b_h, h0)
     raw.gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, parts)
     return h_seq, h_T
 
@@ -573,6 +585,7 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
         _check_dw_ws(dw_ws, dt, B, parts, (n_in + H) * 3 * H, "(n_in + H) * 3H")
         writes["dw_ws"] = dw_ws
     _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T")})
+    x, W_x, W_h, dh_seq, dh_T, gates, states = as_inputs(x, W_x, W_h, dh_seq, dh_T, gates, states)
     raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
                      dgates, dgates_h, step_ws, dh_ws, parts, writes.get("dw_ws"))
     return dx, dW_x, dW_h, db_x, db_h, dh0
@@ -592,6 +605,7 @@ def gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws):
     writes = dict(h=h, gates=gates, hn=hn, step_ws=step_ws)
     _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_")
     _check_recurrent_overlaps(reads, writes, aliases={("h", "h_prev")})
+    x_t, h_prev, W_x, W_h, b_x, b_h = as_inputs(x_t, h_prev, W_x, W_h, b_x, b_h)
     raw.gru_cell_forward(x_t, h_prev, W_x, W_h, b_x, b_h, h, gates, hn, step_ws)
     return h
 
@@ -614,6 +628,7 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
                   dgates=dgates, dgates_h=dgates_h, dh_ws=dh_ws, accum_ws=accum_ws)
     _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_", optional=("dx_t", "accum_ws"))
     _check_recurrent_overlaps(reads, writes, aliases={("dh_prev", "dh")})
+    x_t, h_prev, W_x, W_h, gates, hn, dh = as_inputs(x_t, h_prev, W_x, W_h, gates, hn, dh)
     raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
                           dgates, dgates_h, dh_ws, accum_ws)
     return dh_prev
@@ -641,6 +656,7 @@ def embedding_forward(indices, W, out):
     _check_embedding(indices, W, "W", ("out", out), False)
     no_overlap(out=out, W=W)
     no_overlap(out=out, indices=indices)
+    indices, W = as_inputs(indices, W)
     raw.embedding_forward(indices, W, out)
     return out
 
@@ -654,5 +670,6 @@ def embedding_backward(indices, dy, dW):
     _check_embedding(indices, dW, "dW", ("dy", dy), True)
     no_overlap(dW=dW, dy=dy)
     no_overlap(dW=dW, indices=indices)
+    indices, dy = as_inputs(indices, dy)
     raw.embedding_backward(indices, dy, dW)
     return dW
