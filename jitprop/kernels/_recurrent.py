@@ -425,8 +425,8 @@ def _lstm_fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_
                 j0 = kb * _BLOCK
                 j1 = min(j0 + _BLOCK, H)
                 _lstm_fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
-                           states[0, r, t], states[2, r, t], states[1, r, t],
-                           h_seq[r, t], H, j0, j1)
+                                states[0, r, t], states[2, r, t], states[1, r, t],
+                                h_seq[r, t], H, j0, j1)
 
 
 @njit(**_jit)
@@ -445,8 +445,8 @@ def _lstm_bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, ste
                 j0 = kb * _BLOCK
                 j1 = min(j0 + _BLOCK, H)
                 _lstm_bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
-                           dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
-                           step_ws[r], H, j0, j1)
+                                dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
+                                step_ws[r], H, j0, j1)
         np.dot(step_ws[r0:r1], WhT, dh0[r0:r1])
 
 
@@ -561,7 +561,7 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
         for p in prange(active):
             r0 = p * rows
             _lstm_fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws,
-                      r0, min(B, r0 + rows))
+                           r0, min(B, r0 + rows))
         return
     if B * H < _PAR_STEP_MIN:
         _lstm_fwd_rows(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states, step_ws, 0, B)
@@ -582,8 +582,8 @@ def lstm_forward(x, W_x, W_h, b, h0, c0, h_seq, h_T, c_T, gates, states,
             j0 = (task % nblk) * _BLOCK
             j1 = min(j0 + _BLOCK, H)
             _lstm_fwd_block(gates[r, t], step_ws[r], b, c_T[r], h_T[r],
-                       states[0, r, t], states[2, r, t], states[1, r, t],
-                       h_seq[r, t], H, j0, j1)
+                            states[0, r, t], states[2, r, t], states[1, r, t],
+                            h_seq[r, t], H, j0, j1)
 
 
 @njit(**_pjit)
@@ -659,7 +659,7 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
         for p in prange(active):
             r0 = p * rows
             _lstm_bwd_rows(WhT, dh_seq, dh_T, dc_T, gates, states, dh0, dc0, dgates, step_ws,
-                      r0, min(B, r0 + rows))
+                           r0, min(B, r0 + rows))
         # every part is past its recurrence: dW_h may now be overwritten
         for p in prange(active):
             r0 = p * rows
@@ -668,8 +668,8 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
                 _lstm_bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1)
             else:
                 _lstm_bwd_rows_weights(x, W_x, states, dgates, dx,
-                                  dw_ws[p - 1, :nxg].reshape((n_in, G)),
-                                  dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
+                                       dw_ws[p - 1, :nxg].reshape((n_in, G)),
+                                       dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
         # add the parts' shares in part order, in parallel over chunks
         dWxf = dW_x.reshape(nxg)
         for k in prange(_chunk_count(nxg)):
@@ -692,8 +692,8 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
                     j0 = (task % nblk) * _BLOCK
                     j1 = min(j0 + _BLOCK, H)
                     _lstm_bwd_block(gates[r, t], states[0, r, t], states[1, r, t],
-                               dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
-                               step_ws[r], H, j0, j1)
+                                    dh_seq[r, t], dh0[r], dc0[r], dgates[r, t],
+                                    step_ws[r], H, j0, j1)
                 np.dot(step_ws, WhT, dh0)        # dL/dh_{t-1}, recurrent part
         _lstm_bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, 0, B)
     dg = dgates.reshape(B * T, G)
@@ -751,7 +751,7 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
             for j in range(j0, j1):
                 c[r, j] = c_prev[r, j]
             _lstm_fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
-                       tanh_c[r], None, H, j0, j1)
+                            tanh_c[r], None, H, j0, j1)
     else:
         for task in range(B * nblk):
             r = task // nblk
@@ -760,7 +760,7 @@ def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c,
             for j in range(j0, j1):
                 c[r, j] = c_prev[r, j]
             _lstm_fwd_block(gates[r], step_ws[r], b, c[r], h[r], None, None,
-                       tanh_c[r], None, H, j0, j1)
+                            tanh_c[r], None, H, j0, j1)
 
 
 @njit(**_pjit)
@@ -821,7 +821,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
             for j in range(j0, j1):
                 dc_prev[r, j] = dc[r, j]
             _lstm_bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
-                       dgates[r], None, H, j0, j1)
+                            dgates[r], None, H, j0, j1)
     else:
         for task in range(B * nblk):
             r = task // nblk
@@ -830,7 +830,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
             for j in range(j0, j1):
                 dc_prev[r, j] = dc[r, j]
             _lstm_bwd_block(gates[r], c_prev[r], tanh_c[r], None, dh[r], dc_prev[r],
-                       dgates[r], None, H, j0, j1)
+                            dgates[r], None, H, j0, j1)
 
     np.dot(dgates, W_h.T, dh_prev)
     if dx_t is not None:
@@ -991,7 +991,7 @@ def _gru_fwd_rows(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws,
                 j0 = kb * _BLOCK
                 j1 = min(j0 + _BLOCK, H)
                 _gru_fwd_block(gates[r, t], step_ws[r], b_x, b_h, h_T[r], states[0, r, t],
-                           states[1, r, t], h_seq[r, t], H, j0, j1)
+                               states[1, r, t], h_seq[r, t], H, j0, j1)
 
 
 @njit(**_jit)
@@ -1018,7 +1018,7 @@ def _gru_bwd_rows(WhT, dh_seq, dh_T, gates, states, dh0, dh_ws, dgates, dgates_h
                 j0 = kb * _BLOCK
                 j1 = min(j0 + _BLOCK, H)
                 _gru_bwd_block(gates[r, t], states[0, r, t], states[1, r, t], dh_seq[r, t], dh0[r],
-                           dh_ws[r], dgates[r, t], dgates_h[r, t], step_ws[r], H, j0, j1)
+                               dh_ws[r], dgates[r, t], dgates_h[r, t], step_ws[r], H, j0, j1)
         np.dot(step_ws[r0:r1], WhT, dh_ws[r0:r1])
     for r in range(r0, r1):
         _add_row(dh_ws, dh0, r)
@@ -1102,7 +1102,7 @@ def gru_forward(x, W_x, W_h, b_x, b_h, h0, h_seq, h_T, gates, states, step_ws, p
             j0 = (task % nblk) * _BLOCK
             j1 = min(j0 + _BLOCK, H)
             _gru_fwd_block(gates[r, t], step_ws[r], b_x, b_h, h_T[r], states[0, r, t], states[1, r, t],
-                       h_seq[r, t], H, j0, j1)
+                           h_seq[r, t], H, j0, j1)
 
 
 @njit(**_pjit)
@@ -1160,7 +1160,7 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
         for p in prange(active):
             r0 = p * rows
             _gru_bwd_rows(WhT, dh_seq, dh_T, gates, states, dh0, dh_ws, dgates, dgates_h, step_ws,
-                      r0, min(B, r0 + rows))
+                          r0, min(B, r0 + rows))
         # every part is past its recurrence: dW_h may now be overwritten
         for p in prange(active):
             r0 = p * rows
@@ -1169,8 +1169,8 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
                 _gru_bwd_rows_weights(x, W_x, states, dgates, dgates_h, dx, dW_x, dW_h, r0, r1)
             else:
                 _gru_bwd_rows_weights(x, W_x, states, dgates, dgates_h, dx,
-                                  dw_ws[p - 1, :nxg].reshape((n_in, G)),
-                                  dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
+                                      dw_ws[p - 1, :nxg].reshape((n_in, G)),
+                                      dw_ws[p - 1, nxg:].reshape((H, G)), r0, r1)
         dWxf = dW_x.reshape(nxg)
         for k in prange(_chunk_count(nxg)):
             _add_shares(dWxf, dw_ws, active - 1, 0, k)
@@ -1192,7 +1192,7 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
                     j0 = (task % nblk) * _BLOCK
                     j1 = min(j0 + _BLOCK, H)
                     _gru_bwd_block(gates[r, t], states[0, r, t], states[1, r, t], dh_seq[r, t], dh0[r],
-                               dh_ws[r], dgates[r, t], dgates_h[r, t], step_ws[r], H, j0, j1)
+                                   dh_ws[r], dgates[r, t], dgates_h[r, t], step_ws[r], H, j0, j1)
                 np.dot(step_ws, WhT, dh_ws)
             for r in prange(B):
                 _add_row(dh_ws, dh0, r)
@@ -1297,7 +1297,7 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
             for j in range(j0, j1):
                 dh_ws[r, j] = dh[r, j]
             _gru_bwd_block(gates[r], h_prev[r], hn[r], None, dh_ws[r], None, dgates[r], dgates_h[r], None,
-                       H, j0, j1)
+                           H, j0, j1)
     else:
         for task in range(B * nblk):
             r = task // nblk
@@ -1306,7 +1306,7 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
             for j in range(j0, j1):
                 dh_ws[r, j] = dh[r, j]
             _gru_bwd_block(gates[r], h_prev[r], hn[r], None, dh_ws[r], None, dgates[r], dgates_h[r], None,
-                       H, j0, j1)
+                           H, j0, j1)
     # dh is fully consumed into dh_ws: dh_prev may be dh
     np.dot(dgates_h, W_h.T, dh_prev)
     for r in prange(B):
