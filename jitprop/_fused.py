@@ -4,9 +4,9 @@
 :func:`jitprop.kernels.raw.mlp_train_steps` (a table of layer sizes,
 activation codes and parameter offsets, plus one workspace vector) so that
 many SGD or Adam/AdamW steps run inside one compiled call.  A Dropout after
-a dense unit draws, in the kernel, the masks its own forward would draw.  It uses the
-model's own flat parameter and gradient vectors and the optimizer's own state
-arrays, so the model, the optimizer and checkpoints see every update.
+a dense unit draws, in the kernel, the masks its own forward would draw.  It
+uses the model's own flat parameter and gradient vectors and the optimizer's
+own state arrays, so the model, the optimizer and checkpoints see every update.
 """
 
 import os
@@ -253,9 +253,8 @@ class FusedMLP:
         return done
 
     def _read_dropouts(self):
-        # what each Dropout would do now: training mode and p > 0 draw a mask
         for unit, layer in self.dropouts:
-            self.drop_p[unit] = layer.p if layer.training else 0.0
+            self.drop_p[unit] = layer.active_p
             self.drop[unit, 0], self.drop[unit, 1] = layer.seed, layer.step
 
     def _run(self, order, step0, step1, check, m, opt):

@@ -350,7 +350,7 @@ class Dropout(Layer):
         if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
             raise TypeError("Dropout: input must be a C-contiguous float32/float64 ndarray")
         self.dtype = x.dtype
-        if not self.training or self.p == 0.0:
+        if self.active_p == 0.0:
             self._mask_step = None
             return x
         out = self._buffer("out", x.shape, x.dtype)
@@ -358,6 +358,13 @@ class Dropout(Layer):
         self._mask_step = self.step
         self.step += 1
         return out
+
+    @property
+    def active_p(self):
+        """The drop probability a forward call applies now: ``p`` in training
+        mode, 0 (the identity, no mask drawn, :attr:`step` unchanged) in
+        evaluation mode."""
+        return self.p if self.training else 0.0
 
     def backward(self, dy, need_dx=True):
         if not need_dx:

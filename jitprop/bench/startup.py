@@ -2,8 +2,8 @@
 processes timed from start to exit.
 
 The job: scikit-learn's digits (1,797 8x8 images scaled to [0, 1], read by
-:mod:`jitprop.datasets`, a stratified 75/25 split with seed 0), a 64-64-10 ReLU network, 40 epochs of
-batches of 32 with SGD (lr 0.05, momentum 0.9), then the test accuracy.
+:mod:`jitprop.datasets`, a stratified 75/25 split with seed 0), a 64-64-10
+ReLU network, 40 epochs of batches of 32 with SGD (lr 0.05, momentum 0.9), then the test accuracy.
 jitprop runs it cold (empty compile cache) and warm (the cache the cold run
 and its background compile filled); scikit-learn's ``MLPClassifier``,
 PyTorch (eager) and JAX (one ``jax.jit`` step) run the same job when they are

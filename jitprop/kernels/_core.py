@@ -90,7 +90,8 @@ _jit = dict(cache=True, fastmath=FASTMATH, nogil=True)
 # the caller's own parallel loop, never a call into another parallel kernel)
 _inline = dict(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
 _pjit = dict(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-# Adam's loop: its division vectorises only without Python's zero-divisor check
+# Adam's loop: NumPy's error model (its division vectorises only without
+# Python's zero-divisor check) and no fastmath flags of its own
 _jit_exact = dict(cache=True, nogil=True, error_model="numpy")
 
 
@@ -886,8 +887,8 @@ def _mlp_part(X, Y_f, Y_i, order, s, r0, r1, m_total, table, params, g, pw, hoff
     add up to the gradient of the batch.  Layer ``l`` with ``drop_p[l] > 0``
     applies dropout mask ``(drop[l, 0], drop[l, 1] + dstep)`` to its output
     (into ``pw[drop[l, 2]:]``), indexed by the element's place in the whole
-    batch, so every part draws the mask the layer-by-layer path draws.  With one part holding the whole
-    batch this is, element by element and in the same order, what the
+    batch, so every part draws the mask the layer-by-layer path draws.  With
+    one part holding the whole batch this is, element by element and in the same order, what the
     layer-by-layer Python path computes, so the results are bitwise equal.
     It calls no parallel function: a cached function that embeds another
     module-level parallel function's loops is not reliably reloaded from
@@ -1305,11 +1306,6 @@ def _dropout_span(x, out, key, threshold, scale, first):
 
 
 @njit(**_jit)
-def _dropout_range(x, out, key, threshold, scale, start, stop):
-    _dropout_span(x[start:stop], out[start:stop], key, threshold, scale, start)
-
-
-@njit(**_jit)
 def _dropout_consts(x, p, seed, step):
     key = dropout_key(seed, step)
     th = np.uint64(np.rint(np.float64(p) * 9007199254740992.0))  # p * 2**53, exact
@@ -1321,7 +1317,7 @@ def dropout_apply_serial(x, out, p, seed, step):
     """:func:`dropout_apply` without a parallel loop (the same mask and
     arithmetic; what that kernel runs below ``PAR_MIN`` elements)."""
     key, th, sc = _dropout_consts(x, p, seed, step)
-    _dropout_range(x.reshape(x.size), out.reshape(out.size), key, th, sc, 0, x.size)
+    _dropout_span(x.reshape(x.size), out.reshape(out.size), key, th, sc, 0)
 
 
 @njit(**_pjit)
@@ -1349,8 +1345,9 @@ def dropout_apply(x, out, p, seed, step):
     of = out.reshape(out.size)
     n = xf.size
     if n < PAR_MIN:
-        _dropout_range(xf, of, key, th, sc, 0, n)
+        _dropout_span(xf, of, key, th, sc, 0)
     else:
         for c in prange(_nchunks(n)):
             s = c * _CHUNK
-            _dropout_range(xf, of, key, th, sc, s, min(s + _CHUNK, n))
+            e = min(s + _CHUNK, n)
+            _dropout_span(xf[s:e], of[s:e], key, th, sc, s)
