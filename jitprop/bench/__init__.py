@@ -9,7 +9,8 @@
   also used by the asv suite.
 """
 
-from .cli import build_parser, main, worker_env
+from ._launch import worker_env
+from .cli import build_parser, main
 from .workloads import (DATA_SEED, WORKLOADS, build_model, build_trainer, make_data, make_rows,
                         step_products, train_flops_per_sample, train_step_flops)
 

@@ -50,12 +50,12 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 
 import numpy as np
 
 from . import peers as _peers
+from ._launch import launch
 from .worker import GEMM_N, MARK, blas_info
 from .workloads import FIT_COST_BATCHES, TARGETS, WORKLOADS, train_flops_per_sample
 
@@ -63,61 +63,14 @@ FRAMEWORKS = ("jitprop", "torch", "jax")
 GFLOPS_WORKLOADS = ("mlp-wide",)   # workloads whose training-step GFLOP/s is printed
 
 
-_BOOT = ("import json, os, sys\n"
-         "p = json.loads(sys.argv[1])\n"
-         "if p.get('cpus'): os.sched_setaffinity(0, p['cpus'])\n"
-         "from jitprop.bench.worker import main\n"
-         "main(p)\n")
-
-
 # --------------------------------------------------------------------------- #
 # Parent side
 # --------------------------------------------------------------------------- #
-def worker_env(threads, framework="jitprop"):
-    env = dict(os.environ)
-    if framework != "jitprop":
-        # importing jitprop (this module's package) set OpenMP wait defaults
-        # for jitprop's threads; a peer must run with its own defaults
-        from .. import _openmp
-
-        for var, value in _openmp.ENV_SET.items():
-            if env.get(var) == value:
-                del env[var]
-        env["JITPROP_OMP_DEFAULTS"] = "0"
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[var] = str(threads)
-    xla = env.get("XLA_FLAGS", "")
-    if threads == 1:
-        xla = (xla + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    if xla:
-        env["XLA_FLAGS"] = xla
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _cpus_for(threads, pin):
-    if not pin or not hasattr(os, "sched_getaffinity"):
-        return None
-    avail = sorted(os.sched_getaffinity(0))
-    return avail[:threads] if threads <= len(avail) else avail
-
-
 def run_worker(payload, threads, pin, timeout):
-    payload = dict(payload, threads=threads, cpus=_cpus_for(threads, pin))
-    try:
-        proc = subprocess.run([sys.executable, "-c", _BOOT, json.dumps(payload)],
-                              env=worker_env(threads, payload["job"]), capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": "timed out after %.0f s" % timeout}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    return {"ok": False, "error": "worker exited with code %s without a result; stderr tail: %s"
-            % (proc.returncode, proc.stderr[-1500:])}
+    """One measurement of :func:`jitprop.bench.worker.main` in its own process."""
+    result, why = launch("jitprop.bench.worker", "main", MARK, payload, threads, pin, timeout,
+                         framework=payload["job"])
+    return result if result is not None else {"ok": False, "error": why}
 
 
 def _cpu_model():

@@ -20,10 +20,11 @@ first call (Numba compiling, or loading from its cache) is reported as
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 import warnings
+
+from ._launch import launch
 
 DATASETS = ("digits", "breast_cancer", "wine", "synth100k")
 SOLVERS = ("sgd", "adam")
@@ -31,12 +32,6 @@ SOLVERS = ("sgd", "adam")
 #: 100k-row data set so that scikit-learn's side finishes in minutes.
 MAX_ITER = {"synth100k": 10}
 MARK = "@@JITPROP_SKL@@ "
-
-_BOOT = ("import json, os, sys\n"
-         "p = json.loads(sys.argv[1])\n"
-         "if p.get('cpus'): os.sched_setaffinity(0, p['cpus'])\n"
-         "from jitprop.bench.vs_sklearn import worker\n"
-         "worker(p)\n")
 
 
 def load(name):
@@ -93,20 +88,8 @@ def worker(p):
 
 
 def _run(payload, threads, pin, timeout):
-    from .cli import _cpus_for, worker_env
-
-    payload = dict(payload, threads=threads, cpus=_cpus_for(threads, pin))
-    try:
-        proc = subprocess.run([sys.executable, "-c", _BOOT, json.dumps(payload)],
-                              env=worker_env(threads, "jitprop"), capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(payload, ok=False, error="timed out after %.0f s" % timeout)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    return dict(payload, ok=False, error="worker exited with code %s; stderr tail: %s"
-                % (proc.returncode, proc.stderr[-1500:]))
+    result, why = launch("jitprop.bench.vs_sklearn", "worker", MARK, payload, threads, pin, timeout)
+    return result if result is not None else dict(payload, threads=threads, ok=False, error=why)
 
 
 def format_table(rows):
