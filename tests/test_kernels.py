@@ -15,7 +15,9 @@ from _helpers import tol
 
 DTYPES = [np.float32, np.float64]
 ACTS = {"identity": K.ACT_IDENTITY, "relu": K.ACT_RELU, "sigmoid": K.ACT_SIGMOID, "tanh": K.ACT_TANH}
-DENSE_SHAPES = [(1, 1, 1), (1, 5, 3), (7, 1, 4), (6, 3, 1), (33, 17, 9), (64, 20, 130)]
+# empty products, both sides of SMALL_MM (16*16*16 runs as loops, one more column in BLAS), and larger
+DENSE_SHAPES = [(0, 4, 3), (4, 0, 3), (1, 1, 1), (1, 5, 3), (7, 1, 4), (6, 3, 1), (16, 16, 16), (16, 16, 17),
+                (33, 17, 9), (64, 20, 130)]
 
 
 def randn(rng, shape, dtype, scale=1.0):

@@ -15,9 +15,9 @@ Design rules, kept by every kernel in this module:
 * Arithmetic stays in the dtype of the arrays: constants are built with
   ``x.dtype.type(...)`` so float32 code is not promoted to float64.  Scalar
   losses and norms are accumulated in float64 and returned as Python floats.
-* Matrix products use BLAS through ``np.dot(a, b, out)`` at the top level of a
-  function, never inside a ``prange`` loop, so BLAS threads and Numba threads
-  never multiply.
+* Matrix products call BLAS's gemm (:func:`_gemm`, through the shim Numba's
+  own ``np.dot`` uses) at the top level of a function, never inside a
+  ``prange`` loop of a kernel, so BLAS threads and Numba threads never multiply.
 * fastmath allows reassociation and contraction only (no ``nnan``/``ninf``),
   so NaN and inf propagate and can be detected.
 
@@ -26,7 +26,10 @@ on-disk cache (``cache=True``) stays consistent.
 """
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
 
 __all__ = [
     "ACT_IDENTITY",
@@ -341,23 +344,65 @@ def tanh_backward(a, da, dz):
 SMALL_MM = 4096
 
 
+_CHAR = ir.IntType(8)
+_VOIDP = ir.IntType(8).as_pointer()
+
+
+@intrinsic
+def _xxgemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """BLAS gemm, column-major, ``c = alpha op(a) op(b) + beta c`` (``ta``/``tb``
+    the character codes of ``op``), through ``numba_xxgemm``: the function
+    Numba's ``np.dot`` calls, which finds SciPy's BLAS.  Returns 0, or -1
+    when there is none.  One call site serves every layout, where ``np.dot``
+    compiles a specialisation per pair of layouts."""
+    sig = types.int32(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        intp = context.get_value_type(types.intp)
+        fnty = ir.FunctionType(ir.IntType(32), [_CHAR, _CHAR, _CHAR, intp, intp, intp, _VOIDP, _VOIDP, intp,
+                                                _VOIDP, intp, _VOIDP, _VOIDP, intp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        tys = signature.args
+        kind = ir.Constant(_CHAR, ord("s" if tys[11].dtype == types.float32 else "d"))
+
+        def val(i):  # an integer argument as Py_ssize_t
+            return context.cast(builder, args[i], tys[i], types.intp)
+
+        def ptr(i):  # an array argument's data, or a scalar argument's address
+            if isinstance(tys[i], types.Array):
+                data = context.make_array(tys[i])(context, builder, args[i]).data
+            else:
+                data = cgutils.alloca_once_value(builder, args[i])
+            return builder.bitcast(data, _VOIDP)
+
+        char = [builder.trunc(val(i), _CHAR) for i in (0, 1)]
+        return builder.call(fn, (kind, char[0], char[1], val(2), val(3), val(4), ptr(5), ptr(6), val(7),
+                                 ptr(8), val(9), ptr(10), ptr(11), val(12)))
+    return sig, codegen
+
+
 @njit(**_inline)
-def _matmul(a, b, out):
-    """``out = a @ b`` for 2-D arrays of any layout (transposed views too):
-    plain loops for tiny products, BLAS otherwise.  Serial either way."""
-    m, k = a.shape
-    n = b.shape[1]
+def _gemm(a, b, out, ta, tb):
+    """``out = op(a) @ op(b)`` for C-contiguous 2-D arrays, where ``op`` is the
+    transpose if ``ta`` (``tb``) is true: plain loops for tiny products, BLAS
+    otherwise.  Serial either way."""
+    m, n = out.shape
+    k = a.shape[0] if ta else a.shape[1]
     if m * k * n <= SMALL_MM:
         zero = out.dtype.type(0)
         for i in range(m):
             for j in range(n):
                 out[i, j] = zero
             for p in range(k):
-                aip = a[i, p]
+                aip = a[p, i] if ta else a[i, p]
                 for j in range(n):
-                    out[i, j] += aip * b[p, j]
-    else:
-        np.dot(a, b, out)
+                    out[i, j] += aip * (b[j, p] if tb else b[p, j])
+        return
+    # row-major out = op(a) op(b) is column-major out' = op(b)' op(a)', as np.dot calls it
+    st = _xxgemm(116 if tb else 110, 116 if ta else 110, n, m, k, out.dtype.type(1), b, b.shape[1], a, a.shape[1],
+                 out.dtype.type(0), out, n)
+    if st != 0:
+        raise RuntimeError("no BLAS gemm found (jitprop needs scipy.linalg.cython_blas)")
 
 
 @njit(**_inline)
@@ -381,7 +426,7 @@ def _bias_act_row(out, b, i, act):
 def dense_act_forward_serial(x, W, b, out, act):
     """:func:`dense_act_forward` without a parallel loop (the same arithmetic
     per element; what that kernel runs below ``PAR_MIN`` output elements)."""
-    _matmul(x, W, out)
+    _gemm(x, W, out, False, False)
     for i in range(out.shape[0]):
         _bias_act_row(out, b, i, act)
 
@@ -391,7 +436,7 @@ def _dense_fwd_body(x, W, b, out, act):
     if out.size < PAR_MIN:
         dense_act_forward_serial(x, W, b, out, act)
     else:
-        _matmul(x, W, out)
+        _gemm(x, W, out, False, False)
         for i in prange(out.shape[0]):
             _bias_act_row(out, b, i, act)
 
@@ -483,15 +528,15 @@ def bias_grad(dy, db):
 @njit(**_jit)
 def dense_backward_serial(x, W, dy, dx, dW, db):
     """:func:`dense_backward` without a parallel loop (the same arithmetic)."""
-    _matmul(dy, W.T, dx)
-    _matmul(x.T, dy, dW)
+    _gemm(dy, W, dx, False, True)
+    _gemm(x, dy, dW, True, False)
     _colsum_block(dy, db, 0, dy.shape[1])
 
 
 @njit(**_jit)
 def dense_backward_params_serial(x, dy, dW, db):
     """:func:`dense_backward_params` without a parallel loop (the same arithmetic)."""
-    _matmul(x.T, dy, dW)
+    _gemm(x, dy, dW, True, False)
     _colsum_block(dy, db, 0, dy.shape[1])
 
 
@@ -510,7 +555,7 @@ def dense_backward_params(x, dy, dW, db):
     dW : ndarray (n_in, n_out), written: ``x.T @ dy``
     db : ndarray (n_out,), written: ``dy.sum(0)``
     """
-    _matmul(x.T, dy, dW)
+    _gemm(x, dy, dW, True, False)
     _bias_grad_body(dy, db)
 
 
@@ -532,8 +577,8 @@ def dense_backward(x, W, dy, dx, dW, db):
 
     Gradients are overwritten, not accumulated.
     """
-    _matmul(dy, W.T, dx)
-    _matmul(x.T, dy, dW)
+    _gemm(dy, W, dx, False, True)
+    _gemm(x, dy, dW, True, False)
     _bias_grad_body(dy, db)
 
 
