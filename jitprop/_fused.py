@@ -9,9 +9,11 @@ uses the model's own flat parameter and gradient vectors and the optimizer's
 own state arrays, so the model, the optimizer and checkpoints see every update.
 """
 
+import atexit
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -34,6 +36,9 @@ MIN_PART_PRODUCT = 1 << 20
 #: starts layer by layer (``use_fused="auto"``): compiling the fused kernel
 #: takes about 10 s, the per-layer path about 50 us per step more.
 SHORT_RUN_STEPS = 100_000
+#: Seconds of layer-by-layer steps after the first before the background
+#: compile starts (see :meth:`FusedMLP.active`).
+BACKGROUND_AFTER = 1.0
 
 
 def _load_compiled(dispatcher, args):
@@ -79,6 +84,22 @@ def compile_in_background(dtype):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _background[name] = proc
     return proc
+
+
+def compile_at_exit(dtype):
+    """Start :func:`compile_in_background` for ``dtype`` when this process
+    exits, unless it has started by then."""
+    if not _at_exit:
+        atexit.register(_compile_pending)
+    _at_exit.add(np.dtype(dtype).name)
+
+
+_at_exit = set()  # dtype names for _compile_pending
+
+
+def _compile_pending():
+    for name in sorted(_at_exit):
+        compile_in_background(name)  # a no-op for a dtype already started
 
 
 def choose_parts(bs, largest):
@@ -199,6 +220,9 @@ class FusedMLP:
         self.empty = np.zeros(0, dt)  # stands for the other optimiser's arrays
         self._ready = False
         self._background = None
+        self._asked = False  # active() asked while not ready (across fit calls)
+        self._since = None  # when it asked after a layer-by-layer step (perf_counter)
+        self._launched = False  # the background compile was started
 
     def bind(self, X, y):
         """Run on new data of the same :attr:`key`."""
@@ -225,14 +249,31 @@ class FusedMLP:
         either path).  :meth:`active` then tells when to switch."""
         self._ready = (self._ready or mode is True or self.parts > 1 or steps > SHORT_RUN_STEPS
                        or _load_compiled(K.mlp_train_steps, self._args(np.zeros(1, np.int64), 0, 0, True)))
-        if not self._ready:
-            self._background = compile_in_background(self.model.dtype)
         return self._ready
 
     def active(self):
-        """Whether the fused path runs now: the kernel was ready at the start,
-        or the background compile has put it into the cache since."""
-        if not self._ready and self._background is not None and self._background.poll() is not None:
+        """Whether the fused path runs now (asked before every step): the
+        kernel was ready at the start, or the background compile has put it
+        into the cache since.
+
+        The background compile waits for the layer-by-layer kernels: it
+        starts once layer-by-layer steps have run for ``BACKGROUND_AFTER``
+        seconds after the first (which compiles them), or when the process
+        exits, whichever comes first.  On two cores it slowed a short run
+        beside it by a tenth, and a run shorter than the compile would not
+        switch anyway."""
+        if self._ready:
+            return True
+        if not self._launched:
+            if not self._asked:  # before the first step, whose kernels compile now
+                self._asked = True
+            elif self._since is None:  # one step has run layer by layer
+                self._since = time.perf_counter()
+                compile_at_exit(self.model.dtype)
+            elif time.perf_counter() - self._since >= BACKGROUND_AFTER:
+                self._launched = True
+                self._background = compile_in_background(self.model.dtype)
+        elif self._background is not None and self._background.poll() is not None:
             self._background = None
             self._ready = _load_compiled(K.mlp_train_steps, self._args(np.zeros(1, np.int64), 0, 0, True))
         return self._ready

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -43,6 +44,15 @@ def test_serial_twins_equal_the_parallel_kernels(rng, dtype):
         K.activation_backward(a, dy, got[0], act)
         K.activation_backward_serial(a, dy, got[1], act)
         np.testing.assert_array_equal(got[0], got[1])
+        if act != K.ACT_IDENTITY:  # each activation's own serial derivative, out of place and in place
+            own = {K.ACT_RELU: K.relu_backward_serial, K.ACT_SIGMOID: K.sigmoid_backward_serial,
+                   K.ACT_TANH: K.tanh_backward_serial}[act]
+            d = np.empty_like(a)
+            own(a, dy, d)
+            np.testing.assert_array_equal(d, got[0])
+            d = dy.copy()
+            own(a, d, d)
+            np.testing.assert_array_equal(d, got[0])
         z = [np.empty_like(dy) for _ in range(2)]
         K.activation_forward(dy, z[0], act)
         K.activation_forward_serial(dy, z[1], act)
@@ -229,9 +239,9 @@ def test_concurrent_processes_share_one_cache(tmp_path):
 
 @pytest.mark.slow
 def test_background_compile_fills_the_cache(tmp_path):
-    """A short fit on an empty cache starts layer by layer and leaves a
-    process compiling the fused kernel; once it is done, the next process
-    starts on the fused kernel, with the same result."""
+    """A short fit on an empty cache runs layer by layer and, when its process
+    exits, leaves a process compiling the fused kernel into the cache; the
+    next process then starts on the fused kernel, with the same result."""
     src = _copy_package(tmp_path)
     cache = tmp_path / "cache"
     script = textwrap.dedent("""
@@ -244,10 +254,7 @@ def test_background_compile_fills_the_cache(tmp_path):
         plan = _fused.FusedMLP.build(t, X.astype(np.float32), y, 16)
         began_fused = plan.start("auto", 12)
         t.fit(X, y, epochs=2, batch_size=16, progress=False)
-        bg = _fused._background.get("float32")
-        if bg is not None:
-            bg.wait(timeout=900)
-        print("RESULT", began_fused, bg is not None, repr(m.flat_params.tolist()))
+        print("RESULT", began_fused, repr(m.flat_params.tolist()))
     """)
     env = dict(os.environ, PYTHONPATH=str(src), NUMBA_CACHE_DIR=str(cache), JITPROP_CACHE_DIR=str(cache),
                JITPROP_BACKGROUND_COMPILE="1")
@@ -256,7 +263,47 @@ def test_background_compile_fills_the_cache(tmp_path):
         r = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(src), capture_output=True, text=True,
                            timeout=1200)
         assert r.returncode == 0, r.stderr[-3000:]
-        outs.append([ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")][-1].split(" ", 3))
-    assert outs[0][1:3] == ["False", "True"]   # cold: layer by layer, background compile started
-    assert outs[1][1:3] == ["True", "False"]   # then: fused from the cache, nothing to start
-    assert outs[0][3] == outs[1][3]
+        outs.append([ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")][-1].split(" ", 2))
+        if len(outs) == 1:
+            _wait_for_cache_entry(cache, "mlp_train_steps", timeout=900)
+    assert outs[0][1] == "False"  # cold: layer by layer
+    assert outs[1][1] == "True"   # then: fused from the cache the exiting process had compiled
+    assert outs[0][2] == outs[1][2]
+
+
+def _wait_for_cache_entry(cache, name, timeout):
+    """Wait until Numba's cache under ``cache`` holds machine code of the
+    function ``name`` (an index and a data file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = [f for _, _, fs in os.walk(cache) for f in fs if f.split("-")[0].endswith("." + name)]
+        if any(f.endswith(".nbi") for f in files) and any(f.endswith(".nbc") for f in files):
+            time.sleep(1.0)  # the index is written last; let a slow disk finish
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no cache entry of {name} after {timeout} s")
+
+
+def test_background_compile_waits_for_the_layer_by_layer_kernels(monkeypatch):
+    """The fused kernel's background compile starts neither before nor during
+    the first layer-by-layer step (its kernels compile then): it starts once
+    steps have run ``BACKGROUND_AFTER`` seconds after the first, or at exit;
+    once, also when each fit call runs a single step."""
+    launched, at_exit = [], []
+    monkeypatch.setattr(_fused, "_load_compiled", lambda dispatcher, args: False)  # as on an empty cache
+    monkeypatch.setattr(_fused, "compile_in_background", lambda dtype: launched.append(dtype))
+    monkeypatch.setattr(_fused, "compile_at_exit", lambda dtype: at_exit.append(dtype))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((32, 5)).astype(np.float32), rng.integers(0, 3, 32)
+    m = jp.Sequential([jp.Dense(5, 8, seed=0), jp.ReLU(), jp.Dense(8, 3, seed=1)])
+    t = jp.Trainer(m, jp.SoftmaxCrossEntropy(), jp.SGD(m, lr=0.1))
+    monkeypatch.setattr(_fused, "BACKGROUND_AFTER", 3600.0)
+    t.fit(X[:16], y[:16], epochs=1, batch_size=16, progress=False)  # one step: nothing yet
+    assert launched == [] and at_exit == []
+    t.fit(X, y, epochs=3, batch_size=16, progress=False)  # after it: at exit, not yet now
+    assert launched == [] and at_exit == [np.dtype(np.float32)]
+    monkeypatch.setattr(_fused, "BACKGROUND_AFTER", 0.0)
+    t.fit(X[:16], y[:16], epochs=1, batch_size=16, progress=False)  # its time has come
+    assert launched == [np.dtype(np.float32)]
+    t.fit(X, y, epochs=3, batch_size=16, progress=False)
+    assert len(launched) == 1 and len(at_exit) == 1

@@ -49,15 +49,18 @@ from ._core import (  # noqa: F401
     softmax_cross_entropy_serial,
     mse_loss,
     relu_backward,
+    relu_backward_serial,
     relu_forward,
     scale_inplace,
     segment_norms,
     sgd_step,
     sigmoid_backward,
+    sigmoid_backward_serial,
     sigmoid_forward,
     softmax_cross_entropy,
     sum_squares,
     tanh_backward,
+    tanh_backward_serial,
     tanh_forward,
 )
 from ._recurrent import (  # noqa: F401
