@@ -414,6 +414,29 @@ def test_bench_vs_sklearn_runs(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["ok"] and row["dataset"] == "wine" and row["threads"] == 1
     assert row["jitprop"]["fit_s"] > 0 and row["sklearn"]["fit_s"] > 0 and row["first_call_s"] > 0
+    assert row["products_s"] > 0 and row["ceiling"] == pytest.approx(row["sklearn"]["fit_s"] / row["products_s"])
     # same parameters and random_state: the same number of epochs, the same test accuracy to rounding
     assert row["jitprop"]["n_iter"] == row["sklearn"]["n_iter"]
     assert abs(row["score_diff_points"]) <= 1.0
+
+
+def test_bench_products_bound_runs_the_products_of_an_epoch(monkeypatch):
+    """The ceiling's products: per batch (4, 4, 2 rows of 10), each layer's
+    forward and weight gradient, and every input gradient but the first
+    layer's, in the dtype asked for."""
+    from jitprop.bench.vs_sklearn import products_time
+
+    calls = []
+    dot = np.dot
+
+    def counting(a, b, out):
+        calls.append((a.shape, b.shape, out.dtype))
+        return dot(a, b, out)
+
+    monkeypatch.setattr(np, "dot", counting)
+    assert products_time([5, 3, 2], 10, 4, np.float32, repeats=1) > 0
+    per_epoch = [(m, s) for m in (4, 4, 2) for s in [((m, 5), (5, 3)), ((m, 3), (3, 2)),    # forward
+                                                       ((3, m), (m, 2)), ((m, 2), (2, 3)),    # layer 2: dW, dx
+                                                       ((5, m), (m, 3))]]                     # layer 1: dW only
+    assert [(a, b) for a, b, _ in calls] == [s for _, s in per_epoch] * 2  # warm-up epoch, then one timed
+    assert {dt for _, _, dt in calls} == {np.dtype(np.float32)}
