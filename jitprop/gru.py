@@ -158,10 +158,11 @@ class GRU(Layer):
         else:
             dh_seq, dh_T = self._buffer("zeros_seq", (B, T, H), dt, zero=True), dy
         dh0 = self._buffer("dh0", (B, H), dt)
-        dx = self._buffer("dx", (B, T, self.n_in), dt) if need_dx else None
+        # empty arrays for an absent dx and dw_ws: one compiled kernel for every layer of a stack
+        dx = self._buffer("dx", (B, T, self.n_in) if need_dx else (0, 0, 0), dt)
         g = self.grads
         parts = batch_parts(B, MIN_PART_ROWS)
-        dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 3 * H), dt) if parts > 1 else None
+        dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 3 * H) if parts > 1 else (0, 0), dt)
         with single_thread_blas(parts > 1):
             K.gru_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T,
                            self._buffer("gates", (B, T, 3 * H), dt), self._buffer("states", (2, B, T, H), dt),
@@ -170,7 +171,7 @@ class GRU(Layer):
                            self._buffer("step_ws", (B, 3 * H), dt), self._buffer("dh_ws", (B, H), dt),
                            parts, dw_ws)
         self.dh0 = dh0
-        return dx
+        return dx if need_dx else None
 
     def one_thread_blas(self, batch):
         return batch_parts(batch, MIN_PART_ROWS) > 1

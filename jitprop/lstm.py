@@ -190,18 +190,18 @@ class LSTM(Layer):
         states = self._buffer("states", (3, B, T, H), dt)
         dgates = self._buffer("dgates", (B, T, 4 * H), dt)
         step_ws = self._buffer("step_ws", (B, 4 * H), dt)
-        dx = self._buffer("dx", (B, T, self.n_in), dt) if need_dx else None
+        # empty arrays stand for the absent dx and dw_ws: the first and the
+        # later layers of a stack then run one compiled kernel
+        dx = self._buffer("dx", (B, T, self.n_in) if need_dx else (0, 0, 0), dt)
         g = self.grads
         parts = batch_parts(B, MIN_PART_ROWS)
-        dw_ws = None
-        if parts > 1:
-            dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 4 * H), dt)
+        dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 4 * H) if parts > 1 else (0, 0), dt)
         with single_thread_blas(parts > 1):
             K.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
                              gates, states, dx, g["W_x"], g["W_h"], g["b"], dh0, dc0, dgates, step_ws,
                              parts, dw_ws)
         self.dh0, self.dc0 = dh0, dc0
-        return dx
+        return dx if need_dx else None
 
     def one_thread_blas(self, batch):
         return batch_parts(batch, MIN_PART_ROWS) > 1

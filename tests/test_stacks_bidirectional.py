@@ -156,3 +156,32 @@ def test_recurrent_checkpoint_roundtrip(tmp_path, rng):
     tr2 = jp.load(tmp_path / "r.npz")
     assert [repr(la) for la in tr2.model.layers] == [repr(la) for la in model.layers]
     np.testing.assert_array_equal(tr2.model.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("B", [3, 70])  # one batch part, and several (a weight workspace)
+def test_layers_of_a_stack_run_one_compiled_backward(monkeypatch, rng, cell, B):
+    """The first layer of a stack computes no dx, the second does: both call
+    the backward kernel with arguments of the same Numba types (an empty
+    array stands for the absent dx and weight workspace), so one compiled
+    kernel serves both, and the first layer still returns no dx."""
+    import numba
+
+    from jitprop.kernels import raw
+
+    name = f"{cell}_backward"
+    kernel = getattr(raw, name)
+    seen = []
+
+    def recording(*args):
+        seen.append(tuple(numba.typeof(a) for a in args))
+        return kernel(*args)
+
+    monkeypatch.setattr(raw, name, recording)
+    Rnn = jp.LSTM if cell == "lstm" else jp.GRU
+    model = jp.Sequential([Rnn(3, 4, seed=0), Rnn(4, 4, seed=1), jp.Dense(4, 2, seed=2)])
+    x = rng.standard_normal((B, 5, 3)).astype(np.float32)
+    out = model.forward(x)
+    model.backward(np.ones_like(out), need_input_grad=False)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert model.layers[0].backward(np.ones((B, 5, 4), np.float32), need_dx=False) is None

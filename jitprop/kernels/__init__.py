@@ -13,7 +13,7 @@ import numpy as np
 from .._checks import as_inputs, check_array, check_dropout_p, check_float, check_int, check_labels, no_overlap
 from . import raw
 from ._core import ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH, CLIP_EPS
-from ._recurrent_shapes import gru_workspace_shapes, lstm_workspace_shapes
+from ._recurrent_shapes import absent, gru_workspace_shapes, lstm_workspace_shapes
 
 __all__ = [
     "raw",
@@ -433,6 +433,11 @@ def _recurrent_dims(x_name, x, ndim, W_h, n_gates):
     return dt, H
 
 
+def _or_absent(a, ndim, dtype):
+    """``a``, or for None an empty array of its kind (see :func:`absent`)."""
+    return absent(ndim, dtype) if a is None else a
+
+
 def _check_recurrent_arrays(shapes, dt, reads, writes, prefix="", optional=()):
     """Check every named array against ``shapes[prefix + name]`` (or
     ``shapes[name]``, for the parameters of the cell kernels); outputs
@@ -500,8 +505,9 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h
         writes["dw_ws"] = dw_ws
     _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T"), ("dc0", "dc_T")})
     x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states = as_inputs(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states)
-    raw.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h, db, dh0, dc0, dgates, step_ws,
-                  parts, dw_ws)
+    # empty arrays for the absent ones: one compiled variant whatever is absent
+    raw.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, _or_absent(dx, 3, dt), dW_x, dW_h, db, dh0,
+                      dc0, dgates, step_ws, parts, _or_absent(writes.get("dw_ws"), 2, dt))
 
 
 def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws):
@@ -535,8 +541,8 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
     _check_recurrent_arrays(shapes, dt, weights, grads)
     _check_recurrent_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
     x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc = as_inputs(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc)
-    raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_t, dh_prev, dc_prev, dW_x, dW_h,
-                       db, dgates, accum_ws)
+    raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, _or_absent(dx_t, 2, dt), dh_prev,
+                           dc_prev, dW_x, dW_h, db, dgates, _or_absent(accum_ws, 2, dt))
 
 
 # -- GRU ------------------------------------------------------------------------
@@ -586,8 +592,8 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
         writes["dw_ws"] = dw_ws
     _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T")})
     x, W_x, W_h, dh_seq, dh_T, gates, states = as_inputs(x, W_x, W_h, dh_seq, dh_T, gates, states)
-    raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x, db_h, dh0,
-                     dgates, dgates_h, step_ws, dh_ws, parts, writes.get("dw_ws"))
+    raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, _or_absent(dx, 3, dt), dW_x, dW_h, db_x, db_h, dh0,
+                     dgates, dgates_h, step_ws, dh_ws, parts, _or_absent(writes.get("dw_ws"), 2, dt))
     return dx, dW_x, dW_h, db_x, db_h, dh0
 
 
@@ -629,8 +635,8 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     _check_recurrent_arrays(shapes, dt, reads, writes, prefix="cell_", optional=("dx_t", "accum_ws"))
     _check_recurrent_overlaps(reads, writes, aliases={("dh_prev", "dh")})
     x_t, h_prev, W_x, W_h, gates, hn, dh = as_inputs(x_t, h_prev, W_x, W_h, gates, hn, dh)
-    raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x, dW_h, db_x, db_h,
-                          dgates, dgates_h, dh_ws, accum_ws)
+    raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, _or_absent(dx_t, 2, dt), dh_prev, dW_x, dW_h, db_x,
+                          db_h, dgates, dgates_h, dh_ws, _or_absent(accum_ws, 2, dt))
     return dh_prev
 
 

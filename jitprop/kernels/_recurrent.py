@@ -460,7 +460,7 @@ def _lstm_bwd_rows_weights(x, W_x, states, dgates, dx, dW_x, dW_h, r0, r1):
     dg = dgates[r0:r1].reshape((nr * T, G))
     np.dot(x[r0:r1].reshape((nr * T, n_in)).T, dg, dW_x)
     np.dot(states[2, r0:r1].reshape((nr * T, H)).T, dg, dW_h)
-    if dx is not None:
+    if dx is not None and dx.size > 0:  # an empty dx stands for None (one compiled variant)
         np.dot(dg, W_x.T, dx[r0:r1].reshape((nr * T, n_in)))
 
 
@@ -611,8 +611,9 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
     states : ndarray, (3, B, T, H)
         Cache written by :func:`lstm_forward`.  Read.
     dx : ndarray, (B, T, n_in) or None
-        Written: gradient w.r.t. ``x``.  Pass ``None`` to skip (e.g. for a
-        first layer); that compiles a specialisation without the product.
+        Written: gradient w.r.t. ``x``.  ``None`` or an empty array skips it
+        (e.g. for a first layer); an empty array of dx's dtype and ndim runs
+        the machine code compiled for a real ``dx`` (one variant for both).
     dW_x : ndarray, (n_in, 4H)
         Written (overwritten): gradient w.r.t. ``W_x``.
     dW_h : ndarray, (H, 4H)
@@ -636,7 +637,7 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
         with ``parts=1`` to rounding, and do not depend on the thread count.
     dw_ws : ndarray, (parts - 1, n_in*4H + H*4H), or None
         Workspace for the weight-gradient shares of parts 1, 2, ...
-        (required when ``parts > 1``).
+        (required when ``parts > 1``; an array with no rows stands for None).
 
     All arrays are C-contiguous and share one dtype.  ``gates`` and
     ``states`` are not modified, so backward may be repeated.  Nothing is
@@ -651,7 +652,7 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x,
     # dh0 / dc0 carry dL/dh_t (recurrent part) and dL/dc_t between steps.
     WhT = dW_h.reshape(G, H)
     if parts > 1 and B > 1:
-        if dw_ws is None:  # (a test of the argument itself lets Numba drop this path for None)
+        if dw_ws is None or dw_ws.shape[0] == 0:  # absent (`is None` first: Numba drops the rest for None)
             raise ValueError("lstm_backward: parts > 1 needs dw_ws")
         rows, active = _part_rows(B, parts)
         nxg = n_in * G
@@ -790,7 +791,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
         Gradient w.r.t. this step's ``c`` arriving from the following step
         (its ``dc_prev``; zeros, or dL/dc_T, for the last step).  Read.
     dx_t : ndarray, (B, n_in) or None
-        Written: gradient w.r.t. ``x_t``; ``None`` skips it.
+        Written: gradient w.r.t. ``x_t``; ``None`` or an empty array skips it.
     dh_prev, dc_prev : ndarray, (B, H)
         Written: gradients w.r.t. ``h_prev`` / ``c_prev``.  ``dh_prev is dh``
         and ``dc_prev is dc`` are allowed (in-place carry).
@@ -802,8 +803,9 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
     dgates : ndarray, (B, 4H)
         Written: pre-activation gate gradients of this step.
     accum_ws : ndarray, (n_in + H, 4H) or None
-        ``None`` selects overwrite mode.  An array selects accumulate mode
-        and is used as scratch for the weight-gradient products.
+        ``None`` (or an empty array) selects overwrite mode.  An array
+        selects accumulate mode and is used as scratch for the
+        weight-gradient products.
 
     All arrays are C-contiguous and share one dtype.  Nothing is allocated.
     Running this over t = T-1..0 with accumulation reproduces
@@ -833,9 +835,9 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
                             dgates[r], None, H, j0, j1)
 
     np.dot(dgates, W_h.T, dh_prev)
-    if dx_t is not None:
+    if dx_t is not None and dx_t.size > 0:  # empty: as None
         np.dot(dgates, W_x.T, dx_t)
-    if accum_ws is None:
+    if accum_ws is None or accum_ws.size == 0:  # empty: as None
         np.dot(x_t.T, dgates, dW_x)
         np.dot(h_prev.T, dgates, dW_h)
         for k in prange(_block_count(dgates.shape[1])):
@@ -1034,7 +1036,7 @@ def _gru_bwd_rows_weights(x, W_x, states, dgates, dgates_h, dx, dW_x, dW_h, r0, 
     da = dgates[r0:r1].reshape((nr * T, G))
     np.dot(x[r0:r1].reshape((nr * T, n_in)).T, da, dW_x)
     np.dot(states[0, r0:r1].reshape((nr * T, H)).T, dgates_h[r0:r1].reshape((nr * T, G)), dW_h)
-    if dx is not None:
+    if dx is not None and dx.size > 0:  # an empty dx stands for None (one compiled variant)
         np.dot(da, W_x.T, dx[r0:r1].reshape((nr * T, n_in)))
 
 
@@ -1125,7 +1127,8 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
         (``dh_T is dh0`` is allowed).
     gates, states : caches written by :func:`gru_forward`.  Read.
     dx : ndarray, (B, T, n_in) or None
-        Written: gradient w.r.t. ``x``; ``None`` skips its product.
+        Written: gradient w.r.t. ``x``; ``None`` or an empty array skips its
+        product (an empty array runs the code compiled for a real ``dx``).
     dW_x, dW_h, db_x, db_h : ndarray
         Written (overwritten): parameter gradients.
     dh0 : ndarray, (B, H)
@@ -1140,7 +1143,8 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
         weight gradients are added in part order (equal to ``parts=1`` to
         rounding, independent of the thread count).
     dw_ws : ndarray, (parts - 1, (n_in + H) * 3H), or None
-        Weight-gradient shares of parts 1, 2, ... (required when ``parts > 1``).
+        Weight-gradient shares of parts 1, 2, ... (required when ``parts > 1``;
+        an array with no rows stands for None).
 
     Shapes as in :func:`gru_workspace_shapes`, not checked here.  The caches
     are not modified, so backward may be repeated.  Nothing is allocated.
@@ -1152,7 +1156,7 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
     # slower with a transposed operand); dW_h holds it until written at the end
     WhT = dW_h.reshape(G, H)
     if parts > 1 and B > 1:
-        if dw_ws is None:  # (a test of the argument itself lets Numba drop this path for None)
+        if dw_ws is None or dw_ws.shape[0] == 0:  # absent (`is None` first: Numba drops the rest for None)
             raise ValueError("gru_backward: parts > 1 needs dw_ws")
         rows, active = _part_rows(B, parts)
         nxg = n_in * G
@@ -1269,7 +1273,7 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
         Total gradient w.r.t. the step's output ``h`` (upstream plus the
         ``dh_prev`` of the following step).  Read.
     dx_t : ndarray, (B, n_in) or None
-        Written: gradient w.r.t. ``x_t``; ``None`` skips it.
+        Written: gradient w.r.t. ``x_t``; ``None`` or an empty array skips it.
     dh_prev : ndarray, (B, H)
         Written: gradient w.r.t. ``h_prev`` (``dh_prev is dh`` is allowed).
     dW_x, dW_h, db_x, db_h :
@@ -1280,7 +1284,8 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     dh_ws : ndarray, (B, H)
         Workspace.
     accum_ws : ndarray, (n_in + H, 3H) or None
-        None: overwrite mode; an array: accumulate mode (scratch).
+        None or an empty array: overwrite mode; an array: accumulate mode
+        (scratch).
 
     Over t = T-1..0 with accumulation this reproduces :func:`gru_backward`
     (up to summation order).  Nothing is allocated; shapes are not checked.
@@ -1311,9 +1316,9 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     np.dot(dgates_h, W_h.T, dh_prev)
     for r in prange(B):
         _add_row(dh_ws, dh_prev, r)
-    if dx_t is not None:
+    if dx_t is not None and dx_t.size > 0:  # empty: as None
         np.dot(dgates, W_x.T, dx_t)
-    if accum_ws is None:
+    if accum_ws is None or accum_ws.size == 0:  # empty: as None
         np.dot(x_t.T, dgates, dW_x)
         np.dot(h_prev.T, dgates_h, dW_h)
         for k in prange(_block_count(dgates.shape[1])):

@@ -2,7 +2,9 @@
 checked entry points in :mod:`jitprop.kernels` check against them, and
 callers of :mod:`jitprop.kernels.raw` allocate with them)."""
 
-__all__ = ["lstm_workspace_shapes", "gru_workspace_shapes"]
+import numpy as np
+
+__all__ = ["lstm_workspace_shapes", "gru_workspace_shapes", "absent"]
 
 
 def lstm_workspace_shapes(B, T, n_in, H):
@@ -99,3 +101,12 @@ def gru_workspace_shapes(B, T, n_in, H, parts=1):
     for name in ("gates", "step_ws", "dgates", "dgates_h"):
         shapes["cell_" + name] = (B, G)
     return shapes
+
+
+def absent(ndim, dtype):
+    """An empty C-contiguous array of ``ndim`` axes and ``dtype``: what the
+    checked entry points and the layers pass for an optional array that is
+    not wanted (``dx``, ``dw_ws``, ``accum_ws``), instead of None.  Numba
+    types it like a real array of that kind, so one compiled kernel serves
+    both cases (None would compile a specialisation of its own)."""
+    return np.zeros((0,) * ndim, dtype)

@@ -73,5 +73,5 @@ from ._recurrent import (  # noqa: F401
     lstm_cell_forward,
     lstm_forward,
 )
-from ._recurrent_shapes import gru_workspace_shapes, lstm_workspace_shapes  # noqa: F401
+from ._recurrent_shapes import absent, gru_workspace_shapes, lstm_workspace_shapes  # noqa: F401
 from ._embedding import embedding_backward, embedding_forward  # noqa: F401
