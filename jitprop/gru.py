@@ -158,11 +158,12 @@ class GRU(Layer):
         else:
             dh_seq, dh_T = self._buffer("zeros_seq", (B, T, H), dt, zero=True), dy
         dh0 = self._buffer("dh0", (B, H), dt)
-        # empty arrays for an absent dx and dw_ws: one compiled kernel for every layer of a stack
+        # an empty dx for an absent one: one compiled kernel for every layer of
+        # a stack (dw_ws stays None for one part: see LSTM.backward)
         dx = self._buffer("dx", (B, T, self.n_in) if need_dx else (0, 0, 0), dt)
         g = self.grads
         parts = batch_parts(B, MIN_PART_ROWS)
-        dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 3 * H) if parts > 1 else (0, 0), dt)
+        dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 3 * H), dt) if parts > 1 else None
         with single_thread_blas(parts > 1):
             K.gru_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T,
                            self._buffer("gates", (B, T, 3 * H), dt), self._buffer("states", (2, B, T, H), dt),

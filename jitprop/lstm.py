@@ -190,12 +190,13 @@ class LSTM(Layer):
         states = self._buffer("states", (3, B, T, H), dt)
         dgates = self._buffer("dgates", (B, T, 4 * H), dt)
         step_ws = self._buffer("step_ws", (B, 4 * H), dt)
-        # empty arrays stand for the absent dx and dw_ws: the first and the
-        # later layers of a stack then run one compiled kernel
+        # an empty dx stands for an absent one: the first and the later layers
+        # of a stack run one compiled kernel (dw_ws None still compiles the
+        # one-part kernel without the parts' parallel loops: much cheaper)
         dx = self._buffer("dx", (B, T, self.n_in) if need_dx else (0, 0, 0), dt)
         g = self.grads
         parts = batch_parts(B, MIN_PART_ROWS)
-        dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 4 * H) if parts > 1 else (0, 0), dt)
+        dw_ws = self._buffer("dw_ws", (parts - 1, (self.n_in + H) * 4 * H), dt) if parts > 1 else None
         with single_thread_blas(parts > 1):
             K.lstm_backward(self._x, self.params["W_x"], self.params["W_h"], dh_seq, dh_T, zeros_state,
                              gates, states, dx, g["W_x"], g["W_h"], g["b"], dh0, dc0, dgates, step_ws,

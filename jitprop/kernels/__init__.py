@@ -505,9 +505,9 @@ def lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, dx, dW_x, dW_h
         writes["dw_ws"] = dw_ws
     _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T"), ("dc0", "dc_T")})
     x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states = as_inputs(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states)
-    # empty arrays for the absent ones: one compiled variant whatever is absent
+    # an empty dx for an absent one: one compiled variant for both
     raw.lstm_backward(x, W_x, W_h, dh_seq, dh_T, dc_T, gates, states, _or_absent(dx, 3, dt), dW_x, dW_h, db, dh0,
-                      dc0, dgates, step_ws, parts, _or_absent(writes.get("dw_ws"), 2, dt))
+                      dc0, dgates, step_ws, parts, writes.get("dw_ws"))
 
 
 def lstm_cell_forward(x_t, h_prev, c_prev, W_x, W_h, b, h, c, gates, tanh_c, step_ws):
@@ -542,7 +542,7 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, dx_
     _check_recurrent_overlaps(dict(reads, **weights), dict(writes, **grads), aliases={("dh_prev", "dh"), ("dc_prev", "dc")})
     x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc = as_inputs(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc)
     raw.lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc, _or_absent(dx_t, 2, dt), dh_prev,
-                           dc_prev, dW_x, dW_h, db, dgates, _or_absent(accum_ws, 2, dt))
+                           dc_prev, dW_x, dW_h, db, dgates, accum_ws)
 
 
 # -- GRU ------------------------------------------------------------------------
@@ -593,7 +593,7 @@ def gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, dx, dW_x, dW_h, db_x,
     _check_recurrent_overlaps(reads, writes, aliases={("dh0", "dh_T")})
     x, W_x, W_h, dh_seq, dh_T, gates, states = as_inputs(x, W_x, W_h, dh_seq, dh_T, gates, states)
     raw.gru_backward(x, W_x, W_h, dh_seq, dh_T, gates, states, _or_absent(dx, 3, dt), dW_x, dW_h, db_x, db_h, dh0,
-                     dgates, dgates_h, step_ws, dh_ws, parts, _or_absent(writes.get("dw_ws"), 2, dt))
+                     dgates, dgates_h, step_ws, dh_ws, parts, writes.get("dw_ws"))
     return dx, dW_x, dW_h, db_x, db_h, dh0
 
 
@@ -636,7 +636,7 @@ def gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, dx_t, dh_prev, dW_x,
     _check_recurrent_overlaps(reads, writes, aliases={("dh_prev", "dh")})
     x_t, h_prev, W_x, W_h, gates, hn, dh = as_inputs(x_t, h_prev, W_x, W_h, gates, hn, dh)
     raw.gru_cell_backward(x_t, h_prev, W_x, W_h, gates, hn, dh, _or_absent(dx_t, 2, dt), dh_prev, dW_x, dW_h, db_x,
-                          db_h, dgates, dgates_h, dh_ws, _or_absent(accum_ws, 2, dt))
+                          db_h, dgates, dgates_h, dh_ws, accum_ws)
     return dh_prev
 
 

@@ -105,8 +105,10 @@ def gru_workspace_shapes(B, T, n_in, H, parts=1):
 
 def absent(ndim, dtype):
     """An empty C-contiguous array of ``ndim`` axes and ``dtype``: what the
-    checked entry points and the layers pass for an optional array that is
-    not wanted (``dx``, ``dw_ws``, ``accum_ws``), instead of None.  Numba
-    types it like a real array of that kind, so one compiled kernel serves
-    both cases (None would compile a specialisation of its own)."""
+    checked entry points and the layers pass for an input gradient that is
+    not wanted (``dx``, ``dx_t``), instead of None.  Numba types it like a
+    real array of that kind, so one compiled kernel serves both cases (None
+    would compile a specialisation of its own).  The kernels also take it
+    for ``dw_ws`` and ``accum_ws``, but there None compiles less: the code
+    of the path it turns off is left out."""
     return np.zeros((0,) * ndim, dtype)
