@@ -194,9 +194,15 @@ class Dense(Layer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         out = self._buffer("out", (x2.shape[0], self.n_out), self.dtype)
-        # small arrays take the serial twin: same arithmetic, no parallel kernel to compile
-        fwd = K.dense_act_forward_serial if out.size < K.PAR_MIN else K.dense_act_forward
-        fwd(x2, self.params["W"], self.params["b"], out, self._act)
+        # small arrays take the serial twin: same arithmetic, no parallel kernel
+        # to compile; for ReLU or no activation, the twin of those two alone
+        W, b = self.params["W"], self.params["b"]
+        if out.size >= K.PAR_MIN:
+            K.dense_act_forward(x2, W, b, out, self._act)
+        elif self._act == K.ACT_RELU or self._act == K.ACT_IDENTITY:
+            K.dense_relu_forward_serial(x2, W, b, out, self._act == K.ACT_RELU)
+        else:
+            K.dense_act_forward_serial(x2, W, b, out, self._act)
         self._x = x2
         self._lead = lead
         return out.reshape(lead + (self.n_out,))

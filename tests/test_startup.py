@@ -39,6 +39,15 @@ def test_serial_twins_equal_the_parallel_kernels(rng, dtype):
         K.dense_act_forward(x, W, b, outs[0], act)
         K.dense_act_forward_serial(x, W, b, outs[1], act)
         np.testing.assert_array_equal(outs[0], outs[1])
+        if act in (K.ACT_IDENTITY, K.ACT_RELU):  # the twin of those two alone, loops and BLAS
+            own = np.empty((20, 9), dtype)
+            K.dense_relu_forward_serial(x, W, b, own, act == K.ACT_RELU)
+            np.testing.assert_array_equal(own, outs[0])
+            xb, Wb = np.tile(x, (2, 5)), np.tile(W, (5, 3))  # 40 x 30 x 27 multiply-adds > SMALL_MM
+            big = [np.empty((40, 27), dtype) for _ in range(2)]
+            K.dense_act_forward_serial(xb, Wb, np.tile(b, 3), big[0], act)
+            K.dense_relu_forward_serial(xb, Wb, np.tile(b, 3), big[1], act == K.ACT_RELU)
+            np.testing.assert_array_equal(big[0], big[1])
         a = outs[0]
         got = [np.empty_like(a) for _ in range(2)]
         K.activation_backward(a, dy, got[0], act)

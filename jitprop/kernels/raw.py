@@ -41,6 +41,7 @@ from ._core import (  # noqa: F401
     activation_backward_serial,
     activation_forward_serial,
     dense_act_forward_serial,
+    dense_relu_forward_serial,
     dense_backward_params_serial,
     dense_backward_serial,
     mlp_train_steps,
