@@ -70,6 +70,7 @@ class Sequential:
         total = sum(int(np.prod(s)) for layer in self.layers for s in layer.param_shapes().values())
         self.flat_params = np.zeros(total, dtype=self.dtype)
         self.flat_grads = np.zeros(total, dtype=self.dtype)
+        self._finite = np.empty(total, dtype=bool)  # grads_finite's scratch, so the check allocates nothing
         self.param_slices = []
         off = 0
         for li, layer in enumerate(self.layers):
@@ -100,6 +101,10 @@ class Sequential:
     def fuse(self):
         """Whether a Dense followed by an activation runs as one kernel."""
         return self._fuse
+
+    def grads_finite(self):
+        """Whether every element of :attr:`flat_grads` is finite (no NaN or inf)."""
+        return bool(np.isfinite(self.flat_grads, out=self._finite).all())
 
     @property
     def layer_outputs(self):
@@ -266,7 +271,7 @@ class Sequential:
 
     def buffer_bytes(self):
         """Bytes held by parameters, gradients and every layer's buffers."""
-        return self.flat_params.nbytes + self.flat_grads.nbytes + sum(layer.buffer_bytes() for layer in self.layers)
+        return self.flat_params.nbytes + self.flat_grads.nbytes + self._finite.nbytes + sum(layer.buffer_bytes() for layer in self.layers)
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)

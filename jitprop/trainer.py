@@ -238,12 +238,11 @@ class Trainer:
         if policy == "ignore":
             self.optimizer.step()
             return value
-        gsq = K.sum_squares(model.flat_grads)
-        if not (math.isfinite(value) and math.isfinite(gsq)):
+        if not (math.isfinite(value) and model.grads_finite()):
             if policy == "skip":
                 return None
             raise FloatingPointError(self._nonfinite_message(value, epoch, step))
-        self.optimizer.step(grad_norm=math.sqrt(gsq))
+        self.optimizer.step()
         return value
 
     def _forward_backward(self, x, y):

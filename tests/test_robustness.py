@@ -61,6 +61,33 @@ def test_exploding_lr_is_caught():
     assert np.all(np.isfinite(tr.model.get_params()))
 
 
+@pytest.mark.parametrize("use_fused", [True, False])
+def test_huge_finite_gradients_are_applied(use_fused):
+    # float64 gradients near 1e160: every element is finite but the sum of
+    # their squares overflows; the rule is about the elements, in both paths
+    X, y = blobs(16)
+    X *= 1e160
+    tr = make(lr=1e-161, momentum=0.0, dtype=np.float64)
+    before = tr.model.get_params()
+    hist = tr.fit(X, y, epochs=1, batch_size=8, shuffle=False, progress=False, use_fused=use_fused)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.sum(tr.model.flat_grads ** 2))
+    after = tr.model.get_params()
+    assert np.all(np.isfinite(after)) and np.all(np.isfinite(hist["loss"]))
+    assert np.max(np.abs(after - before)) > 1e-3
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_grads_finite_finds_one_bad_element(bad):
+    model = make().model
+    model.flat_grads[:] = 1.0
+    assert model.grads_finite()
+    for k in (0, model.n_params // 2, model.n_params - 1):
+        model.flat_grads[k] = bad
+        assert not model.grads_finite()
+        model.flat_grads[k] = 1.0
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_checkpoint_roundtrip(tmp_path):
     X, y = blobs()

@@ -1106,19 +1106,24 @@ def _add_parts_range(g, gx, nparts, start, stop):
 
 
 @njit(**_inline)
+def _all_finite(x):
+    """Whether no element of the flat array ``x`` is NaN or inf."""
+    # x - x is 0 for a finite x and NaN otherwise, and a NaN survives the sum
+    # in any order; without fastmath's nnan flag LLVM may not fold it to 0
+    s = x.dtype.type(0)
+    for i in range(x.size):
+        s += x[i] - x[i]
+    return s == 0
+
+
+@njit(**_inline)
 def _clip_and_check(grads, value, check, clip_norm):
-    """Returns False (and changes nothing) if ``check`` and the loss or the
-    gradients are not finite; else clips the gradients if asked."""
-    gsq = -1.0
-    if check:
-        gsq = sum_squares(grads)
-        if not (np.isfinite(value) and np.isfinite(gsq)):
-            return False
+    """Returns False (and changes nothing) if ``check`` and the loss or any
+    gradient is not finite; else clips the gradients if asked."""
+    if check and not (np.isfinite(value) and _all_finite(grads)):
+        return False
     if clip_norm >= 0.0:
-        if gsq < 0.0:
-            norm = np.sqrt(sum_squares(grads))
-        else:
-            norm = np.sqrt(gsq)
+        norm = np.sqrt(sum_squares(grads))
         coef = clip_norm / (norm + CLIP_EPS)
         if coef < 1.0:
             _scale_range(grads, grads.dtype.type(coef), 0, grads.size)
