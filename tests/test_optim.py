@@ -133,6 +133,23 @@ def test_adam_step_kernel_matches_numpy(dtype, n, amsgrad, decoupled):
     np.testing.assert_array_equal(g, g0)  # the gradient is read only
 
 
+
+@pytest.mark.parametrize("beta2", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_adam_second_moment_is_accurate_for_any_beta2(beta2):
+    # a second moment far above g^2: with beta2 near 0 the new moment is about
+    # g^2, which v + (1 - beta2)(g^2 - v) would round at the scale of v (found
+    # by the fuzzer: beta2 = 0, eps = 0 gave updates 0.25% too small)
+    rng = np.random.default_rng(11)
+    n = 64
+    g = (1e-4 * rng.standard_normal(n)).astype(np.float32)
+    v = (1e-3 * (1 + rng.random(n))).astype(np.float32)
+    p, m = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    args = (1, 0.1, 0.0, beta2, 0.0, 0.0, False, False)
+    ref = _numpy_adam(p.astype(np.float64), g.astype(np.float64), m.astype(np.float64), v.astype(np.float64),
+                      np.zeros(0), *args)
+    kernels.adam_step(p, g, m, v, np.zeros(0, np.float32), *args)
+    np.testing.assert_allclose(v, ref[2], rtol=4e-7)   # a few float32 ulp
+    np.testing.assert_allclose(p, ref[0], rtol=4e-7)
 def test_adam_step_threads_bitwise(restore_threads):
     import numba
 

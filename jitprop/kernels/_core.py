@@ -1286,6 +1286,7 @@ def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, o
     half = p.dtype.type(0.5)
     zero = p.dtype.type(0)
     small = w1 < half  # torch's lerp: start + w (end - start), else end - (end - start)(1 - w)
+    small2 = omb2 < half
     w1m = w1 - one
     if amsgrad:
         vmax = vmax[start:stop]
@@ -1303,11 +1304,15 @@ def _adam_range(p, g, m, v, vmax, start, stop, step_size, bc2_sqrt, w1, beta2, o
         else:
             mi = gi + w1m * (gi - mi)
         m[i] = mi
-        # beta2 v + (1 - beta2) g^2 written with one possible FMA: a*b + c*d can be
-        # contracted either way round, differently where the fused kernel inlines
-        # this loop (test_fused_adam_from_another_processs_cache_equals_layer_by_layer)
+        # beta2 v + (1 - beta2) g^2 as the same two-sided lerp: one possible FMA
+        # (a*b + c*d contracts either way round, differently where the fused
+        # kernel inlines this loop), and accurate when beta2 is near 0 and g^2 << v
         vi = v[i]
-        vi = vi + omb2 * (gi * gi - vi)
+        gg = gi * gi
+        if small2:
+            vi = vi + omb2 * (gg - vi)
+        else:
+            vi = gg - (gg - vi) * beta2
         v[i] = vi
         if amsgrad:
             vm = vmax[i]
