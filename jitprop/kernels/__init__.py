@@ -157,6 +157,18 @@ def dense_backward_params(x, dy, dW, db):
     return dW, db
 
 
+def _flat(x):
+    """A C-contiguous array as a 1-D view: an elementwise kernel then compiles
+    once per dtype, not once more for every number of axes a caller uses."""
+    return x.reshape(x.size)
+
+
+def _rows(x):
+    """A C-contiguous array with a leading batch axis as a 2-D view (same
+    reason as :func:`_flat`)."""
+    return x.reshape(x.shape[0], x.size // x.shape[0])
+
+
 def activation_forward(z, a, act):
     """``a = f(z)`` elementwise, ``f`` chosen by ``act``; ``z`` and ``a`` of one
     shape and dtype (``a`` may be ``z``)."""
@@ -164,7 +176,7 @@ def activation_forward(z, a, act):
     check_array("a", a, dtype=z.dtype, shape=z.shape, writable=True)
     if a is not z and np.shares_memory(a, z):
         raise ValueError("a must be z itself or not overlap it")
-    raw.activation_forward(z, a, _check_act(act))
+    raw.activation_forward(_flat(z), _flat(a), _check_act(act))
     return a
 
 
@@ -178,8 +190,8 @@ def activation_backward(a, da, dz, act):
         raise ValueError("dz must be da itself or not overlap it")
     if np.shares_memory(dz, a) and dz is not a:
         raise ValueError("dz must not overlap a")
-    a, da = as_inputs(a, da)
-    raw.activation_backward(a, da, dz, _check_act(act))
+    a, da = as_inputs(_flat(a), _flat(da))
+    raw.activation_backward(a, da, _flat(dz), _check_act(act))
     return dz
 
 
@@ -234,8 +246,8 @@ def mse_loss(pred, target, grad, row_loss):
     check_array("grad", grad, dtype=pred.dtype, shape=pred.shape, writable=True)
     check_array("row_loss", row_loss, dtype=pred.dtype, shape=(pred.shape[0],), writable=True)
     no_overlap(grad=grad, pred=pred, target=target, row_loss=row_loss)
-    pred, target = as_inputs(pred, target)
-    return raw.mse_loss(pred, target, grad, row_loss)
+    pred, target = as_inputs(_rows(pred), _rows(target))
+    return raw.mse_loss(pred, target, _rows(grad), row_loss)
 
 
 def softmax_cross_entropy(logits, labels, grad, row_loss):
@@ -374,7 +386,7 @@ def dropout_apply(x, out, p, seed, step):
     for name, v in (("seed", seed), ("step", step)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2 ** 63:
             raise ValueError(f"{name} must be an integer in [0, 2**63), got {v!r}")
-    raw.dropout_apply(x, out, p, int(seed), int(step))
+    raw.dropout_apply(_flat(x), _flat(out), p, int(seed), int(step))
     return out
 
 
@@ -389,7 +401,7 @@ def clip_grad_norm(g, max_norm):
     returns the norm before clipping."""
     check_array("g", g, writable=True)
     max_norm = check_float("max_norm", max_norm, minimum=0.0)
-    return raw.clip_grad_norm(g, max_norm)
+    return raw.clip_grad_norm(_flat(g), max_norm)
 
 
 def clip_grad_norm_list(grads, max_norm):
@@ -410,12 +422,12 @@ def clip_grad_norm_list(grads, max_norm):
     no_overlap(**{f"grads[{k}]": g for k, g in enumerate(grads)})
     total = 0.0
     for g in grads:
-        total += raw.sum_squares(g)
+        total += raw.sum_squares(_flat(g))
     norm = float(np.sqrt(total))
     coef = max_norm / (norm + CLIP_EPS)
     if coef < 1.0:
         for g in grads:
-            raw.scale_inplace(g, coef)
+            raw.scale_inplace(_flat(g), coef)
     return norm
 
 
