@@ -404,3 +404,24 @@ def test_read_only_inputs_compile_one_variant_whichever_they_are():
     flags = {tuple(t.mutable for t in sig[:3]) for sig in R.dense_forward.signatures
              if all(getattr(t, "dtype", None) == numba.float64 for t in sig[:3])}
     assert flags == {(True, True, True), (False, False, False)}
+
+
+def test_elementwise_entry_points_compile_one_variant_for_any_number_of_axes():
+    # the checked elementwise kernels pass flat views (MSE: (rows, rest)), so a
+    # caller's 1-D, 2-D or 3-D arrays all run the one 1-D (2-D) compiled kernel
+    rng = np.random.default_rng(1)
+    for shape in [(7,), (3, 5), (2, 3, 4), ()]:
+        z = rng.standard_normal(shape)
+        a = np.empty_like(z)
+        np.testing.assert_allclose(K.activation_forward(z, a, K.ACT_TANH), np.tanh(z), rtol=1e-12)
+        dz = K.activation_backward(a, np.ones_like(z), np.empty_like(z), K.ACT_TANH)
+        np.testing.assert_allclose(dz, 1 - np.tanh(z) ** 2, rtol=1e-12)
+        K.dropout_apply(z, np.empty_like(z), 0.5, 3, 4)
+        K.clip_grad_norm(z.copy(), 1.0)
+        if z.ndim:
+            K.mse_loss(z, np.zeros_like(z), np.empty_like(z), np.empty(shape[0]))
+    for kernel, ndim in [(R.activation_forward, 1), (R.activation_backward, 1), (R.dropout_apply, 1),
+                         (R.clip_grad_norm, 1), (R.mse_loss, 2)]:
+        # float64 variants compiled in this process (other tests may add writable/read-only twins)
+        seen = {sig[0].ndim for sig in kernel.signatures if sig[0].dtype == numba.float64}
+        assert seen == {ndim}, (kernel, seen)
