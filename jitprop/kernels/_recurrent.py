@@ -115,6 +115,11 @@ _PAR_STEP_MIN = 1 << 17
 #
 # float64 uses libm; the float32 exp / tanh / sigmoid are plain arithmetic (a
 # few ulp) so that LLVM vectorises the gate loops (docs/performance.md, finding 13).
+# They compile as functions of their own (LLVM still inlines them) with one
+# fastmath flag, contract, so their multiply-adds become FMAs; the kernels'
+# own operations carry no such flag, so no FMA spans a helper and its caller
+# and every compilation of a kernel (serial, parallel, cell) rounds alike.
+_helper = dict(cache=True, error_model="numpy", fastmath={"contract"})
 
 _F = np.float32
 _F_ONE = _F(1.0)
@@ -155,7 +160,7 @@ def _exp_nonpos(x):
     raise NotImplementedError
 
 
-@overload(_exp_nonpos, inline="always", jit_options={"cache": True})
+@overload(_exp_nonpos, jit_options=_helper)
 def _ov_exp_nonpos(x):
     if x == types.float32:
         def impl(x):
@@ -182,11 +187,11 @@ def _tanh(z):
     raise NotImplementedError
 
 
-@overload(_tanh, inline="always", jit_options={"cache": True})
+@overload(_tanh, jit_options=_helper)
 def _ov_tanh(z):
     if z == types.float32:
         def impl(z):
-            # Branch-free so that it inlines and vectorises: odd Taylor
+            # Branch-free so that it vectorises once inlined: odd Taylor
             # polynomial for |z| < 0.4, (1 - e^{-2|z|}) / (1 + e^{-2|z|})
             # above; the 0/1 weights select one of them exactly.  NaN
             # propagates through both branches.
@@ -209,7 +214,7 @@ def _ov_tanh(z):
     return None
 
 
-@njit(**_inline)
+@njit(**_helper)
 def _sigmoid(z, one):
     """Overflow-free logistic function; ``one`` carries the dtype.
 
