@@ -133,7 +133,6 @@ def test_adam_step_kernel_matches_numpy(dtype, n, amsgrad, decoupled):
     np.testing.assert_array_equal(g, g0)  # the gradient is read only
 
 
-
 @pytest.mark.parametrize("beta2", [0.0, 0.1, 0.5, 0.9, 0.999])
 def test_adam_second_moment_is_accurate_for_any_beta2(beta2):
     # a second moment far above g^2: with beta2 near 0 the new moment is about
@@ -150,6 +149,8 @@ def test_adam_second_moment_is_accurate_for_any_beta2(beta2):
     kernels.adam_step(p, g, m, v, np.zeros(0, np.float32), *args)
     np.testing.assert_allclose(v, ref[2], rtol=4e-7)   # a few float32 ulp
     np.testing.assert_allclose(p, ref[0], rtol=4e-7)
+
+
 def test_adam_step_threads_bitwise(restore_threads):
     import numba
 
