@@ -267,6 +267,24 @@ def _column_sums_block(a, out, accumulate, k):
 
 
 @njit(**_jit)
+def _gate_offsets(H, j0, j1):
+    """Unsigned length of columns j0:j1 and their offsets in gates 0-3 of a row.
+
+    Numba wraps negative signed indices, so ``a[j0 + k]`` with a runtime j0
+    keeps a check that stops LLVM vectorising; unsigned indices have none
+    and need no slicing views, whose reference counts cost time on short
+    rows (docs/performance.md, finding 15).
+    """
+    n = np.uint64(j1 - j0)
+    o0 = np.uint64(j0)
+    step = np.uint64(H)
+    o1 = o0 + step
+    o2 = o1 + step
+    o3 = o2 + step
+    return n, o0, o1, o2, o3
+
+
+@njit(**_jit)
 def _add_row(src, dst, r):
     """dst[r] += src[r] for two 2-D arrays of equal shape."""
     for j in range(src.shape[1]):
@@ -284,65 +302,45 @@ def _add_row(src, dst, r):
 # several short loops, each touching few arrays: LLVM only vectorises a loop
 # when the runtime alias checks it needs between the (possibly overlapping)
 # arrays stay under a small threshold, and one fused loop over ten arrays
-# would stay scalar.  All arguments are 1-D contiguous rows.
+# would stay scalar.  All arguments are 1-D contiguous rows.  The forward
+# block indexes them from unsigned gate offsets (:func:`_gate_offsets`); the
+# backward block, inlined into its callers, over views from index 0.
 
 @njit(**_jit)
 def _lstm_fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H,
-               j0, j1):
+                    j0, j1):
     """Gate nonlinearities and state update for columns j0:j1 of one row.
 
     z (4H): in x@W_x part of the pre-activation, out activations [i,f,g,o].
     ws (4H): h_prev@W_h; b (4H) bias.  c, h (H): in c_{t-1}, h_{t-1}; out
     c_t, h_t.  Optional outputs (None to skip): c_prev_out, h_prev_out get
     c_{t-1}, h_{t-1}; h_out gets h_t.  tanh_c_out (H) gets tanh(c_t).
-
-    Every loop runs over views starting at the block, with indices from 0:
-    with a runtime start index Numba must allow for negative (wrap-around)
-    indices, which kept these loops from vectorising (4x slower).
     """
     one = z.dtype.type(1)
-    n = j1 - j0
-    zi = z[j0:j1]
-    zf = z[H + j0:H + j1]
-    zg = z[2 * H + j0:2 * H + j1]
-    zo = z[3 * H + j0:3 * H + j1]
-    wi = ws[j0:j1]
-    wf = ws[H + j0:H + j1]
-    wg = ws[2 * H + j0:2 * H + j1]
-    wo = ws[3 * H + j0:3 * H + j1]
-    bi = b[j0:j1]
-    bf = b[H + j0:H + j1]
-    bg = b[2 * H + j0:2 * H + j1]
-    bo = b[3 * H + j0:3 * H + j1]
-    cc = c[j0:j1]
-    hh = h[j0:j1]
-    tco = tanh_c_out[j0:j1]
+    n, oi, of, og, oo = _gate_offsets(H, j0, j1)
     for k in range(n):
-        zi[k] = _sigmoid(zi[k] + wi[k] + bi[k], one)
+        z[oi + k] = _sigmoid(z[oi + k] + ws[oi + k] + b[oi + k], one)
     for k in range(n):
-        zf[k] = _sigmoid(zf[k] + wf[k] + bf[k], one)
+        z[of + k] = _sigmoid(z[of + k] + ws[of + k] + b[of + k], one)
     for k in range(n):
-        zg[k] = _tanh(zg[k] + wg[k] + bg[k])
+        z[og + k] = _tanh(z[og + k] + ws[og + k] + b[og + k])
     for k in range(n):
-        zo[k] = _sigmoid(zo[k] + wo[k] + bo[k], one)
+        z[oo + k] = _sigmoid(z[oo + k] + ws[oo + k] + b[oo + k], one)
     if c_prev_out is not None:
-        cpo = c_prev_out[j0:j1]
         for k in range(n):
-            cpo[k] = cc[k]
+            c_prev_out[oi + k] = c[oi + k]
     if h_prev_out is not None:
-        hpo = h_prev_out[j0:j1]
         for k in range(n):
-            hpo[k] = hh[k]
+            h_prev_out[oi + k] = h[oi + k]
     for k in range(n):
-        cc[k] = zf[k] * cc[k] + zi[k] * zg[k]
+        c[oi + k] = z[of + k] * c[oi + k] + z[oi + k] * z[og + k]
     for k in range(n):
-        tc = _tanh(cc[k])
-        tco[k] = tc
-        hh[k] = zo[k] * tc
+        tc = _tanh(c[oi + k])
+        tanh_c_out[oi + k] = tc
+        h[oi + k] = z[oo + k] * tc
     if h_out is not None:
-        ho = h_out[j0:j1]
         for k in range(n):
-            ho[k] = hh[k]
+            h_out[oi + k] = h[oi + k]
 
 
 # Inlined into its callers, so that Numba prunes the row views' atomic reference
@@ -869,8 +867,8 @@ def lstm_cell_backward(x_t, h_prev, c_prev, W_x, W_h, gates, tanh_c, dh, dc,
 #
 # One (batch row, column block) of a time step, in short loops over few
 # arrays each (LLVM vectorises a loop only while its runtime alias checks
-# stay few), over views that start at the block so indices run from 0 (a
-# runtime start index kept the LSTM's loops from vectorising).
+# stay few); the forward block indexes from unsigned offsets, the backward
+# block over views from 0, as the LSTM's do.
 
 @njit(**_jit)
 def _gru_fwd_block(g, ws, b_x, b_h, h, h_prev_out, hn_out, h_out, H, j0, j1):
@@ -882,39 +880,23 @@ def _gru_fwd_block(g, ws, b_x, b_h, h, h_prev_out, hn_out, h_out, H, j0, j1):
     h_{t-1}, h_out gets h_t.
     """
     one = g.dtype.type(1)
-    n = j1 - j0
-    gr = g[j0:j1]
-    gz = g[H + j0:H + j1]
-    gn = g[2 * H + j0:2 * H + j1]
-    wr = ws[j0:j1]
-    wz = ws[H + j0:H + j1]
-    wn = ws[2 * H + j0:2 * H + j1]
-    bxr = b_x[j0:j1]
-    bxz = b_x[H + j0:H + j1]
-    bxn = b_x[2 * H + j0:2 * H + j1]
-    bhr = b_h[j0:j1]
-    bhz = b_h[H + j0:H + j1]
-    bhn = b_h[2 * H + j0:2 * H + j1]
-    hh = h[j0:j1]
-    un = hn_out[j0:j1]
+    n, o_r, o_z, o_n, _ = _gate_offsets(H, j0, j1)
     for k in range(n):
-        gr[k] = _sigmoid((gr[k] + bxr[k]) + (wr[k] + bhr[k]), one)
+        g[o_r + k] = _sigmoid((g[o_r + k] + b_x[o_r + k]) + (ws[o_r + k] + b_h[o_r + k]), one)
     for k in range(n):
-        gz[k] = _sigmoid((gz[k] + bxz[k]) + (wz[k] + bhz[k]), one)
+        g[o_z + k] = _sigmoid((g[o_z + k] + b_x[o_z + k]) + (ws[o_z + k] + b_h[o_z + k]), one)
     for k in range(n):
-        un[k] = wn[k] + bhn[k]
+        hn_out[o_r + k] = ws[o_n + k] + b_h[o_n + k]
     for k in range(n):
-        gn[k] = _tanh((gn[k] + bxn[k]) + gr[k] * un[k])
+        g[o_n + k] = _tanh((g[o_n + k] + b_x[o_n + k]) + g[o_r + k] * hn_out[o_r + k])
     if h_prev_out is not None:
-        hpo = h_prev_out[j0:j1]
         for k in range(n):
-            hpo[k] = hh[k]
+            h_prev_out[o_r + k] = h[o_r + k]
     for k in range(n):
-        hh[k] = (one - gz[k]) * gn[k] + gz[k] * hh[k]
+        h[o_r + k] = (one - g[o_z + k]) * g[o_n + k] + g[o_z + k] * h[o_r + k]
     if h_out is not None:
-        ho = h_out[j0:j1]
         for k in range(n):
-            ho[k] = hh[k]
+            h_out[o_r + k] = h[o_r + k]
 
 
 # Inlined into its callers so that Numba prunes the row views' reference
