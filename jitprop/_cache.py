@@ -8,16 +8,18 @@ package.  So jitprop's kernels are cached outside the package, in the first
 of:
 
 1. ``$JITPROP_CACHE_DIR``, if set;
-2. Numba's own ``$NUMBA_CACHE_DIR``, if set (Numba's locator then places it);
+2. Numba's own ``$NUMBA_CACHE_DIR``, if set (in the subfolder Numba would use);
 3. ``$XDG_CACHE_HOME/jitprop``, by default ``~/.cache/jitprop``;
 4. a per-user folder in the temporary directory, if none of these is writable.
 
 Inside it each source folder gets its own subfolder (named by a hash of its
 path), so several installs never share entries.  An entry is keyed by the
-SHA-256 of its source file and by Numba's version, so an edited file or a new
-Numba recompiles instead of running stale code.  Numba writes each entry to a
-temporary file and renames it into place, so concurrent processes (MPI ranks,
-joblib workers) never see a half-written one.
+SHA-256 of its source file and of ``kernels/_fmath.py`` (the one file
+whose compiled functions other files embed) and by Numba's version, so an
+edited file or a new Numba recompiles instead of running stale code.  Numba
+writes each entry to a temporary file and renames it into place, so
+concurrent processes (MPI ranks, joblib workers) never see a half-written
+one.
 
 Only functions defined in jitprop's own files use this locator; your own
 ``@njit(cache=True)`` code keeps Numba's defaults.
@@ -30,9 +32,12 @@ import tempfile
 
 from numba.core import caching, config
 
-__all__ = ["cache_dir", "install"]
+__all__ = ["SHARED_SOURCES", "cache_dir", "install", "source_stamp"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Sources whose compiled functions are embedded in other files' cache entries:
+# their hash is part of every entry's key (Numba's own key sees one file).
+SHARED_SOURCES = (os.path.join(_PACKAGE_DIR, "kernels", "_fmath.py"),)
 
 
 def _default_dir():
@@ -51,8 +56,8 @@ def _writable(path):
 
 @functools.lru_cache(maxsize=None)
 def _root():
-    """The cache folder for jitprop's kernels, or None to let Numba's
-    ``NUMBA_CACHE_DIR`` locator place them."""
+    """The cache folder for jitprop's kernels, or None for Numba's
+    ``NUMBA_CACHE_DIR``."""
     explicit = os.environ.get("JITPROP_CACHE_DIR")
     if explicit:
         return os.path.abspath(explicit)
@@ -79,13 +84,23 @@ def _source_hash(path, mtime_ns, size):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def source_stamp(py_file):
+    """The key of ``py_file``'s cache entries: its hash and those of
+    :data:`SHARED_SOURCES`."""
+    hashes = []
+    for path in (py_file,) + SHARED_SOURCES:
+        st = os.stat(path)
+        hashes.append(_source_hash(path, st.st_mtime_ns, st.st_size))
+    return " ".join(hashes)
+
+
 class JitpropCacheLocator(caching._CacheLocator):
     """Numba cache locator for functions defined in jitprop's source files."""
 
     def __init__(self, py_func, py_file):
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
-        self._cache_path = os.path.join(_root(), self.get_suitable_cache_subpath(py_file))
+        self._cache_path = os.path.join(cache_dir(), self.get_suitable_cache_subpath(py_file))
 
     def ensure_cache_path(self):
         os.makedirs(self._cache_path, exist_ok=True)
@@ -95,8 +110,7 @@ class JitpropCacheLocator(caching._CacheLocator):
         return self._cache_path
 
     def get_source_stamp(self):
-        st = os.stat(self._py_file)
-        return _source_hash(self._py_file, st.st_mtime_ns, st.st_size)
+        return source_stamp(self._py_file)
 
     def get_disambiguator(self):
         return str(self._lineno)
@@ -105,8 +119,6 @@ class JitpropCacheLocator(caching._CacheLocator):
     def from_function(cls, py_func, py_file):
         path = os.path.abspath(py_file)
         if os.path.commonpath([path, _PACKAGE_DIR]) != _PACKAGE_DIR or not os.path.exists(path):
-            return None
-        if _root() is None:
             return None
         self = cls(py_func, path)
         try:

@@ -541,35 +541,6 @@ def test_kernels_do_not_allocate():
         assert f10 == f1, (dtype, f1, f10)
 
 
-# --------------------------------------------------------------------------
-# the module's own float32 helpers
-# --------------------------------------------------------------------------
-
-@numba.njit(error_model="numpy")
-def _eval_helpers(z, t, s):
-    one = z.dtype.type(1)
-    for i in range(z.size):
-        t[i] = G._tanh(z[i])
-        s[i] = G._sigmoid(z[i], one)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_scalar_helpers_accuracy(dtype):
-    z = np.concatenate([np.linspace(-100, 100, 200_001), np.geomspace(1e-30, 1e-1, 1000),
-                        -np.geomspace(1e-30, 1e-1, 1000)]).astype(dtype)
-    t, s = np.empty_like(z), np.empty_like(z)
-    _eval_helpers(z, t, s)
-    zd = z.astype(np.float64)
-    ulp = np.finfo(dtype).eps / 2
-    ref_t = np.tanh(zd)
-    with np.errstate(over="ignore"):
-        ref_s = np.where(zd >= 0, 1 / (1 + np.exp(-zd)), np.exp(zd) / (1 + np.exp(zd)))
-    nz = ref_t != 0
-    assert np.max(np.abs(t - ref_t)[nz] / np.abs(ref_t[nz])) < 4 * ulp
-    big = ref_s > 1e-30
-    assert np.max(np.abs(s - ref_s)[big] / ref_s[big]) < 4 * ulp
-
-
 def test_float32_gate_loops_stay_float32_and_vectorise():
     fb = numba.njit(error_model="numpy")(G._gru_fwd_block.py_func)
     bb = numba.njit(error_model="numpy")(G._gru_bwd_block.py_func)

@@ -122,8 +122,13 @@ def test_format_1_checkpoint_from_an_earlier_version_loads_and_resumes(tmp_path)
     model = jp.Sequential([jp.Dense(3, 4, seed=0), jp.Tanh(), jp.Dense(4, 2, seed=1)])
     ref = jp.Trainer(model, jp.SoftmaxCrossEntropy(), jp.SGD(model, lr=0.1, momentum=0.9))
     ref.fit(X, y, epochs=3, batch_size=4, seed=7, progress=False)
-    np.testing.assert_array_equal(tr.model.get_params(), ref.model.get_params())
-    assert tr.history["loss"] == ref.history["loss"]
+    # Not bitwise: the checkpoint's first 7 steps ran on libm's tanhf, and
+    # jitprop's float32 tanh has since become a vectorised polynomial (within
+    # 4 ulp; tests/test_fmath.py).  Resuming bitwise is tested on checkpoints
+    # of this version (test_resume_in_process_is_bit_identical, test_killed_...).
+    np.testing.assert_allclose(tr.model.get_params(), ref.model.get_params(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tr.history["loss"], ref.history["loss"], rtol=1e-5)
+    assert len(tr.history["loss"]) == len(ref.history["loss"]) == 3
     # written again, the header has the same fields as the old version's
     import json
 

@@ -232,6 +232,36 @@ def test_edited_source_never_runs_stale_code(tmp_path):
     assert _result(_run(src, cache))[:2] == first[:2]
 
 
+_FMATH_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from jitprop.kernels import raw as K
+    z = np.linspace(-3, 3, 64).astype(np.float32)
+    a = np.empty_like(z)
+    K.activation_forward_serial(z, a, K.ACT_SIGMOID)
+    d = K.activation_forward_serial
+    print("RESULT %r 0 hits=%d misses=%d" % (float(a.sum()), sum(d.stats.cache_hits.values()),
+                                           sum(d.stats.cache_misses.values())))
+""")
+
+
+def test_edit_to_shared_helpers_recompiles_the_kernels_that_embed_them(tmp_path):
+    """The activation kernels of _core.py embed _fmath.py's sigmoid; Numba's
+    own cache key sees only _core.py, so jitprop's key adds _fmath.py's hash."""
+    src = _copy_package(tmp_path)
+    cache = tmp_path / "cache"
+    first = _result(_run(src, cache, _FMATH_SCRIPT))
+    again = _result(_run(src, cache, _FMATH_SCRIPT))
+    assert again[0] == first[0] and again[2] >= 1 and again[3] == 0  # loaded, not compiled
+    fmath = src / "jitprop" / "kernels" / "_fmath.py"
+    text = fmath.read_text()
+    old = "    return (w * e + (one - w)) / (one + e)\n"
+    assert text.count(old) == 1
+    fmath.write_text(text.replace(old, "    return (one + one) * ((w * e + (one - w)) / (one + e))\n"))
+    edited = _result(_run(src, cache, _FMATH_SCRIPT))
+    assert edited[0] == pytest.approx(2 * first[0], rel=1e-6)
+    assert edited[3] >= 1  # compiled anew
+
+
 def test_concurrent_processes_share_one_cache(tmp_path):
     """Processes compiling the same kernels into one empty cache at the same
     time (as MPI ranks do) all compute right, and leave entries a later

@@ -22,7 +22,9 @@ Design rules, kept by every kernel in this module:
   so NaN and inf propagate and can be detected.
 
 All kernels that call each other live in this one module so that Numba's
-on-disk cache (``cache=True``) stays consistent.
+on-disk cache (``cache=True``) stays consistent.  The one exception is the
+float32 sigmoid / tanh of :mod:`._fmath`, shared with the recurrent kernels,
+whose source is part of every jitprop cache entry's key (:mod:`jitprop._cache`).
 """
 
 import numpy as np
@@ -30,6 +32,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
+
+from ._fmath import sigmoid, tanh
 
 __all__ = [
     "ACT_IDENTITY",
@@ -110,15 +114,6 @@ def _same_data(x, y):
     return x.ctypes.data == y.ctypes.data
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
-def _sigmoid_scalar(v, one, zero):
-    # exp of -|v| never overflows; both quotients are formed and one is
-    # selected, with no branch on the sign of v to mispredict
-    e = np.exp(-np.abs(v))
-    d = one + e
-    return one / d if v >= zero else e / d
-
-
 @njit(**_inline)
 def _act_inplace(a, act):
     """``a = f(a)`` over a 1-D view.  In place kernels take one array: with
@@ -133,10 +128,10 @@ def _act_inplace(a, act):
             a[i] = zero if v < zero else v  # NaN passes through, as in torch.relu
     elif act == ACT_SIGMOID:
         for i in range(n):
-            a[i] = _sigmoid_scalar(a[i], one, zero)
+            a[i] = sigmoid(a[i], one)
     elif act == ACT_TANH:
         for i in range(n):
-            a[i] = np.tanh(a[i])
+            a[i] = tanh(a[i])
 
 
 @njit(**_inline)
@@ -156,10 +151,10 @@ def _act_fwd_range(z, a, start, stop, act):
             a[i] = zero if v < zero else v  # NaN passes through, as in torch.relu
     elif act == ACT_SIGMOID:
         for i in range(n):
-            a[i] = _sigmoid_scalar(z[i], one, zero)
+            a[i] = sigmoid(z[i], one)
     elif act == ACT_TANH:
         for i in range(n):
-            a[i] = np.tanh(z[i])
+            a[i] = tanh(z[i])
     else:
         for i in range(n):
             a[i] = z[i]

@@ -64,17 +64,16 @@ The GRU kernels keep the conventions above, with caches ``gates`` (B, T, 3H)
 and ``states`` (2, B, T, H); their shapes are listed by
 :func:`jitprop.kernels.gru_workspace_shapes`.
 
-Both cells live in this one module, which imports no compiled function from
-other jitprop modules: the helpers they share are written once, and Numba's
-on-disk cache (which cannot see changes in other files) stays valid.
+Both cells live in this one module.  The only compiled functions it takes
+from another module are the float32 sigmoid / tanh of :mod:`._fmath`, whose
+source is part of every jitprop cache entry's key (:mod:`jitprop._cache`), so
+an edit there recompiles the kernels that embed them.
 """
 
-import math
-
 import numpy as np
-from llvmlite import ir as llvm_ir
-from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import njit, prange
+
+from ._fmath import sigmoid, tanh
 
 __all__ = [
     "lstm_forward",
@@ -107,124 +106,6 @@ _CHUNK = 8192
 # cells: below, handing work from BLAS's threads to Numba's costs more than the
 # serial loop (docs/performance.md, finding 12).  Both paths do identical work.
 _PAR_STEP_MIN = 1 << 17
-
-
-# --------------------------------------------------------------------------
-# scalar helpers
-# --------------------------------------------------------------------------
-#
-# float64 uses libm; the float32 exp / tanh / sigmoid are plain arithmetic (a
-# few ulp) so that LLVM vectorises the gate loops (docs/performance.md, finding 13).
-# They compile as functions of their own (LLVM still inlines them) with one
-# fastmath flag, contract, so their multiply-adds become FMAs; the kernels'
-# own operations carry no such flag, so no FMA spans a helper and its caller
-# and every compilation of a kernel (serial, parallel, cell) rounds alike.
-_helper = dict(cache=True, error_model="numpy", fastmath={"contract"})
-
-_F = np.float32
-_F_ONE = _F(1.0)
-_F_HALF = _F(0.5)
-_F_EXP_MIN = _F(-87.0)            # exp(-87) ~ 1.6e-38, still a normal float32
-_F_LOG2E = _F(1.4426950408889634)
-_F_LN2_HI = _F(0.693359375)       # 355/512: n * _F_LN2_HI is exact, |n| <= 126
-_F_LN2_LO = _F(-2.1219444005469057e-04)
-# Taylor coefficients of exp on |r| <= ln2/2 (truncation error < 1e-8)
-_F_E2, _F_E3, _F_E4 = _F(1.0 / 2.0), _F(1.0 / 6.0), _F(1.0 / 24.0)
-_F_E5, _F_E6, _F_E7 = _F(1.0 / 120.0), _F(1.0 / 720.0), _F(1.0 / 5040.0)
-# Taylor coefficients of tanh, used for |z| < 0.4 (truncation error < 1e-8)
-_F_T3, _F_T5 = _F(-1.0 / 3.0), _F(2.0 / 15.0)
-_F_T7, _F_T9 = _F(-17.0 / 315.0), _F(62.0 / 2835.0)
-_F_T11, _F_T13 = _F(-1382.0 / 155925.0), _F(21844.0 / 6081075.0)
-_F_TANH_SMALL = _F(0.4)
-
-
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """Reinterpret the low 32 bits of an integer as a float32."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = args[0]
-        if v.type.width > 32:
-            v = builder.trunc(v, llvm_ir.IntType(32))
-        elif v.type.width < 32:
-            v = builder.zext(v, llvm_ir.IntType(32))
-        return builder.bitcast(v, llvm_ir.FloatType())
-
-    return types.float32(bits), codegen
-
-
-def _exp_nonpos(x):
-    """exp(x) for x <= 0 (typed dispatch below)."""
-    raise NotImplementedError
-
-
-@overload(_exp_nonpos, jit_options=_helper)
-def _ov_exp_nonpos(x):
-    if x == types.float32:
-        def impl(x):
-            # Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2; 2^n by bits.
-            x = max(x, _F_EXP_MIN)
-            n = np.floor(x * _F_LOG2E + _F_HALF)
-            r = (x - n * _F_LN2_HI) - n * _F_LN2_LO
-            p = _F_E7 * r + _F_E6
-            p = p * r + _F_E5
-            p = p * r + _F_E4
-            p = p * r + _F_E3
-            p = p * r + _F_E2
-            p = p * r + _F_ONE
-            p = p * r + _F_ONE
-            return p * _f32_from_bits((np.int64(n) + 127) << 23)
-        return impl
-    if isinstance(x, types.Float):
-        return lambda x: np.exp(x)
-    return None
-
-
-def _tanh(z):
-    """tanh(z) (typed dispatch below)."""
-    raise NotImplementedError
-
-
-@overload(_tanh, jit_options=_helper)
-def _ov_tanh(z):
-    if z == types.float32:
-        def impl(z):
-            # Branch-free so that it vectorises once inlined: odd Taylor
-            # polynomial for |z| < 0.4, (1 - e^{-2|z|}) / (1 + e^{-2|z|})
-            # above; the 0/1 weights select one of them exactly.  NaN
-            # propagates through both branches.
-            a = abs(z)
-            a_s = min(a, _F_TANH_SMALL)
-            a2 = a_s * a_s
-            p = _F_T13 * a2 + _F_T11
-            p = p * a2 + _F_T9
-            p = p * a2 + _F_T7
-            p = p * a2 + _F_T5
-            p = p * a2 + _F_T3
-            small = a_s + a_s * (a2 * p)
-            e2 = _exp_nonpos(-(a + a))
-            big = (_F_ONE - e2) / (_F_ONE + e2)
-            w = _F(a < _F_TANH_SMALL)
-            return math.copysign(w * small + (_F_ONE - w) * big, z)
-        return impl
-    if isinstance(z, types.Float):
-        return lambda z: np.tanh(z)
-    return None
-
-
-@njit(**_helper)
-def _sigmoid(z, one):
-    """Overflow-free logistic function; ``one`` carries the dtype.
-
-    sigmoid(z) = num / (1 + e) with e = exp(-|z|) in (0, 1] and num = 1 for
-    z >= 0, num = e for z < 0 (selected exactly by 0/1 weights, branch-free
-    so that the gate loops vectorise).  NaN propagates through e.
-    """
-    e = _exp_nonpos(-abs(z))
-    w = one * (z < 0)
-    return (w * e + (one - w)) / (one + e)
 
 
 @njit(**_jit)
@@ -319,13 +200,13 @@ def _lstm_fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H
     one = z.dtype.type(1)
     n, oi, of, og, oo = _gate_offsets(H, j0, j1)
     for k in range(n):
-        z[oi + k] = _sigmoid(z[oi + k] + ws[oi + k] + b[oi + k], one)
+        z[oi + k] = sigmoid(z[oi + k] + ws[oi + k] + b[oi + k], one)
     for k in range(n):
-        z[of + k] = _sigmoid(z[of + k] + ws[of + k] + b[of + k], one)
+        z[of + k] = sigmoid(z[of + k] + ws[of + k] + b[of + k], one)
     for k in range(n):
-        z[og + k] = _tanh(z[og + k] + ws[og + k] + b[og + k])
+        z[og + k] = tanh(z[og + k] + ws[og + k] + b[og + k])
     for k in range(n):
-        z[oo + k] = _sigmoid(z[oo + k] + ws[oo + k] + b[oo + k], one)
+        z[oo + k] = sigmoid(z[oo + k] + ws[oo + k] + b[oo + k], one)
     if c_prev_out is not None:
         for k in range(n):
             c_prev_out[oi + k] = c[oi + k]
@@ -335,7 +216,7 @@ def _lstm_fwd_block(z, ws, b, c, h, c_prev_out, h_prev_out, tanh_c_out, h_out, H
     for k in range(n):
         c[oi + k] = z[of + k] * c[oi + k] + z[oi + k] * z[og + k]
     for k in range(n):
-        tc = _tanh(c[oi + k])
+        tc = tanh(c[oi + k])
         tanh_c_out[oi + k] = tc
         h[oi + k] = z[oo + k] * tc
     if h_out is not None:
@@ -882,13 +763,13 @@ def _gru_fwd_block(g, ws, b_x, b_h, h, h_prev_out, hn_out, h_out, H, j0, j1):
     one = g.dtype.type(1)
     n, o_r, o_z, o_n, _ = _gate_offsets(H, j0, j1)
     for k in range(n):
-        g[o_r + k] = _sigmoid((g[o_r + k] + b_x[o_r + k]) + (ws[o_r + k] + b_h[o_r + k]), one)
+        g[o_r + k] = sigmoid((g[o_r + k] + b_x[o_r + k]) + (ws[o_r + k] + b_h[o_r + k]), one)
     for k in range(n):
-        g[o_z + k] = _sigmoid((g[o_z + k] + b_x[o_z + k]) + (ws[o_z + k] + b_h[o_z + k]), one)
+        g[o_z + k] = sigmoid((g[o_z + k] + b_x[o_z + k]) + (ws[o_z + k] + b_h[o_z + k]), one)
     for k in range(n):
         hn_out[o_r + k] = ws[o_n + k] + b_h[o_n + k]
     for k in range(n):
-        g[o_n + k] = _tanh((g[o_n + k] + b_x[o_n + k]) + g[o_r + k] * hn_out[o_r + k])
+        g[o_n + k] = tanh((g[o_n + k] + b_x[o_n + k]) + g[o_r + k] * hn_out[o_r + k])
     if h_prev_out is not None:
         for k in range(n):
             h_prev_out[o_r + k] = h[o_r + k]
