@@ -22,12 +22,16 @@ number of parts is chosen by the caller from the batch size and the machine
 rows are scattered into a dense row block first.
 
 All compiled functions calling each other are in this module (Numba's cache),
-and no cached function here calls a parallel function of another module.
+but for the float32 sigmoid / tanh / exp of :mod:`jitprop.kernels._fmath`
+(vectorised; libm for float64), whose source is part of every jitprop cache
+key; no cached function here calls a parallel function of another module.
 """
 
 import numpy as np
 from numba import njit, prange, types
 from numba.core.extending import intrinsic
+
+from ..kernels._fmath import exp_nonpos, sigmoid, tanh
 
 #: Activation codes (hidden layers and output layer).
 ACT_IDENTITY = 0
@@ -110,13 +114,10 @@ def _bias_act(row, b, act):
             row[j] = zero if v < zero else v
     elif act == ACT_LOGISTIC:
         for j in range(n):
-            v = row[j] + b[j]
-            e = np.exp(-np.abs(v))
-            d = one + e
-            row[j] = one / d if v >= zero else e / d
+            row[j] = sigmoid(row[j] + b[j], one)
     elif act == ACT_TANH:
         for j in range(n):
-            row[j] = np.tanh(row[j] + b[j])
+            row[j] = tanh(row[j] + b[j])
     elif act == ACT_EXP:
         for j in range(n):
             row[j] = np.exp(row[j] + b[j])
@@ -129,7 +130,7 @@ def _bias_act(row, b, act):
                 mx = v
         s = zero
         for j in range(n):
-            e = np.exp(row[j] - mx)
+            e = exp_nonpos(row[j] - mx)
             row[j] = e
             s += e
         for j in range(n):
