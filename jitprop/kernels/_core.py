@@ -23,7 +23,7 @@ Design rules, kept by every kernel in this module:
 
 All kernels that call each other live in this one module so that Numba's
 on-disk cache (``cache=True``) stays consistent.  The one exception is the
-float32 sigmoid / tanh of :mod:`._fmath`, shared with the recurrent kernels,
+vectorised sigmoid / tanh of :mod:`._fmath`, shared with the recurrent kernels,
 whose source is part of every jitprop cache entry's key (:mod:`jitprop._cache`).
 """
 

@@ -1,11 +1,11 @@
-"""Vectorisable float32 transcendentals shared by the compiled kernels.
+"""Vectorisable transcendentals shared by the compiled kernels.
 
 ``sigmoid``, ``tanh`` and ``exp_nonpos`` are callable from ``@njit`` code.
-For float32 they are plain arithmetic within 4 ulp of the exact functions
-(tested in ``tests/test_fmath.py``), so that LLVM vectorises the loops that
-call them; Numba has no vector libm without SVML, and a scalar ``expf`` /
-``tanhf`` call per element cost 7-15 ns (docs/performance.md, findings 13
-and 16).  float64 uses libm.
+For float32 and float64 they are plain arithmetic within 2 ulp of the exact
+functions (tested in ``tests/test_fmath.py``), so that LLVM vectorises the
+loops that call them; Numba has no vector libm without SVML, and a scalar
+``expf`` / ``tanh`` call per element cost 7-15 ns (docs/performance.md,
+findings 13 and 16).  Other float types use libm.
 
 They are the one place where jitprop's compiled code calls compiled code of
 another file.  Numba's cache keys an entry by its own file only, so
@@ -22,8 +22,8 @@ from numba.extending import intrinsic, overload
 
 __all__ = ["exp_nonpos", "sigmoid", "tanh"]
 
-# float64 uses libm; the float32 versions are Cody-Waite exp and Taylor
-# polynomials.  They compile as functions of their own (LLVM still inlines them)
+# Cody-Waite exp and Taylor polynomials, one set of constants per precision.
+# They compile as functions of their own (LLVM still inlines them)
 # with one fastmath flag, contract, so their multiply-adds become FMAs; the
 # callers' own operations carry no such flag, so no FMA spans a helper and its
 # caller and every compilation of a kernel (serial, parallel, cell) rounds alike.
@@ -45,6 +45,22 @@ _F_T7, _F_T9 = _F(-17.0 / 315.0), _F(62.0 / 2835.0)
 _F_T11, _F_T13 = _F(-1382.0 / 155925.0), _F(21844.0 / 6081075.0)
 _F_TANH_SMALL = _F(0.4)
 
+_D_EXP_MIN = -708.0                # exp(-708) ~ 3.3e-308, still a normal float64
+_D_LOG2E = 1.4426950408889634
+_D_LN2_HI = 6.93147180369123816490e-01   # 32 trailing zero bits: n * _D_LN2_HI is exact
+_D_LN2_LO = 1.90821492927058770002e-10
+# Taylor coefficients of exp on |r| <= ln2/2, 1/2! to 1/13! (truncation error < 1e-17)
+(_D_E2, _D_E3, _D_E4, _D_E5, _D_E6, _D_E7, _D_E8, _D_E9, _D_E10, _D_E11, _D_E12,
+ _D_E13) = [1.0 / math.factorial(k) for k in range(2, 14)]
+# Taylor coefficients of tanh to z^27, used for |z| < 0.4 (truncation error < 1e-17)
+_D_T3, _D_T5, _D_T7, _D_T9 = -1 / 3, 2 / 15, -17 / 315, 62 / 2835
+_D_T11, _D_T13, _D_T15 = -1382 / 155925, 21844 / 6081075, -929569 / 638512875
+_D_T17, _D_T19 = 6404582 / 10854718875, -443861162 / 1856156927625
+_D_T21, _D_T23 = 18888466084 / 194896477400625, -113927491862 / 2900518163668125
+_D_T25 = 58870668456604 / 3698160658676859375
+_D_T27 = -8374643517010684 / 1298054391195577640625
+_D_TANH_SMALL = 0.4
+
 
 @intrinsic
 def _f32_from_bits(typingctx, bits):
@@ -61,6 +77,40 @@ def _f32_from_bits(typingctx, bits):
         return builder.bitcast(v, llvm_ir.FloatType())
 
     return types.float32(bits), codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    """Reinterpret a 64-bit integer as a float64."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@njit(**_helper)
+def _d_exp_parts(x):
+    """(2^n, q) with exp(x) = 2^n (1 + q) for float64 x <= 0 (Cody-Waite,
+    |r| <= ln2/2); q carries no leading 1, so expm1 loses nothing to it."""
+    x = max(x, _D_EXP_MIN)
+    n = np.floor(x * _D_LOG2E + 0.5)
+    r = (x - n * _D_LN2_HI) - n * _D_LN2_LO
+    p = _D_E13 * r + _D_E12
+    p = p * r + _D_E11
+    p = p * r + _D_E10
+    p = p * r + _D_E9
+    p = p * r + _D_E8
+    p = p * r + _D_E7
+    p = p * r + _D_E6
+    p = p * r + _D_E5
+    p = p * r + _D_E4
+    p = p * r + _D_E3
+    p = p * r + _D_E2
+    p = p * r + 1.0
+    return _f64_from_bits((np.int64(n) + 1023) << 52), p * r
 
 
 def exp_nonpos(x):
@@ -84,6 +134,11 @@ def _ov_exp_nonpos(x):
             p = p * r + _F_ONE
             p = p * r + _F_ONE
             return p * _f32_from_bits((np.int64(n) + 127) << 23)
+        return impl
+    if x == types.float64:
+        def impl(x):
+            scale, q = _d_exp_parts(x)
+            return scale + scale * q
         return impl
     if isinstance(x, types.Float):
         return lambda x: np.exp(x)
@@ -116,6 +171,32 @@ def _ov_tanh(z):
             big = (_F_ONE - e2) / (_F_ONE + e2)
             w = _F(a < _F_TANH_SMALL)
             return math.copysign(w * small + (_F_ONE - w) * big, z)
+        return impl
+    if z == types.float64:
+        def impl(z):
+            # as float32, to z^27; above 0.4, tanh(a) = -m / (2 + m) with
+            # m = expm1(-2a), which has no 1 - e^{-2a} cancellation to amplify
+            a = abs(z)
+            a_s = min(a, _D_TANH_SMALL)
+            a2 = a_s * a_s
+            p = _D_T27 * a2 + _D_T25
+            p = p * a2 + _D_T23
+            p = p * a2 + _D_T21
+            p = p * a2 + _D_T19
+            p = p * a2 + _D_T17
+            p = p * a2 + _D_T15
+            p = p * a2 + _D_T13
+            p = p * a2 + _D_T11
+            p = p * a2 + _D_T9
+            p = p * a2 + _D_T7
+            p = p * a2 + _D_T5
+            p = p * a2 + _D_T3
+            small = a_s + a_s * (a2 * p)
+            scale, q = _d_exp_parts(-(a + a))
+            m = (scale - 1.0) + scale * q
+            big = -m / (2.0 + m)
+            w = np.float64(a < _D_TANH_SMALL)
+            return math.copysign(w * small + (1.0 - w) * big, z)
         return impl
     if isinstance(z, types.Float):
         return lambda z: np.tanh(z)

@@ -37,8 +37,8 @@ Conventions shared by every kernel in this module
   at ``_PAR_STEP_MIN``); each pair writes only its own cells and every
   reduction is done by a single iteration in a fixed order, so results are
   bitwise identical for any number of Numba threads and either path.
-* float32 stays float32 throughout; the float32 sigmoid / tanh / exp are
-  branch-free polynomial versions (a few ulp) so the gate loops vectorise.
+* float32 stays float32 throughout; sigmoid / tanh are branch-free
+  polynomial versions (within 2 ulp, :mod:`._fmath`) so the gate loops vectorise.
 * Kernels overwrite their outputs (except the cell backward kernels in
   accumulate mode).  Optional outputs are skipped by passing ``None``.
 
@@ -65,7 +65,7 @@ and ``states`` (2, B, T, H); their shapes are listed by
 :func:`jitprop.kernels.gru_workspace_shapes`.
 
 Both cells live in this one module.  The only compiled functions it takes
-from another module are the float32 sigmoid / tanh of :mod:`._fmath`, whose
+from another module are the vectorised sigmoid / tanh of :mod:`._fmath`, whose
 source is part of every jitprop cache entry's key (:mod:`jitprop._cache`), so
 an edit there recompiles the kernels that embed them.
 """

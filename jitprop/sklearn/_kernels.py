@@ -22,9 +22,9 @@ number of parts is chosen by the caller from the batch size and the machine
 rows are scattered into a dense row block first.
 
 All compiled functions calling each other are in this module (Numba's cache),
-but for the float32 sigmoid / tanh / exp of :mod:`jitprop.kernels._fmath`
-(vectorised; libm for float64), whose source is part of every jitprop cache
-key; no cached function here calls a parallel function of another module.
+but for the vectorised sigmoid / tanh / exp of :mod:`jitprop.kernels._fmath`,
+whose source is part of every jitprop cache key; no cached function here
+calls a parallel function of another module.
 """
 
 import numpy as np
